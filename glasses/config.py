@@ -1,0 +1,45 @@
+"""Configuration in one place: names, paths, defaults and profiles shared by training and serving.
+
+The label convention is stated here, once, and everything else imports it:
+    label 1 = "glasses"    = the person in the image wears glasses (sunglasses count for CelebA data);
+    label 0 = "no_glasses" = they do not.
+Models output P(glasses) from a sigmoid. (The paper's `image_dataset_from_directory` ordering made
+glasses = 0; we deliberately do not inherit that inversion.)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# --- labels -------------------------------------------------------------------------------------
+CLASS_NAMES: tuple[str, str] = ("no_glasses", "glasses")  # index = label
+POSITIVE_CLASS = "glasses"
+CLASS_MAP: dict[str, int] = {name: i for i, name in enumerate(CLASS_NAMES)}
+FOLDER_ALIASES: dict[str, str] = {"glasses": "glasses", "no_glasses": "no_glasses", "no-glasses": "no_glasses"}
+
+# --- images -------------------------------------------------------------------------------------
+IMAGE_SIZE = 128  # the paper's choice
+ALLOWED_SIZES: tuple[int, ...] = (64, 128, 256)
+MAX_IMAGE_PIXELS = 50_000_000  # decompression-bomb guard (a 48 MP phone photo still fits)
+
+# --- paths --------------------------------------------------------------------------------------
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EXCLUDED_IDS_FILE = Path(__file__).resolve().parent / "data" / "excluded-kaggle-ids.txt"
+WORK_DIR = Path(os.environ.get("GLASSES_WORK_DIR", REPO_ROOT / "artifacts"))  # caches, tuner dirs, reports
+BUNDLED_MODEL_FILE = REPO_ROOT / "models" / "glasses_classifier.bentomodel"
+
+# --- registry -----------------------------------------------------------------------------------
+MODEL_NAME = "glasses_classifier"
+MODEL_ENV_VAR = "GLASSES_MODEL"  # a tag such as glasses_classifier:abc123 overrides the promoted one
+DEFAULT_THRESHOLD = 0.5
+
+# --- Kaggle -------------------------------------------------------------------------------------
+KAGGLE_DATASET = "jeffheaton/glasses-or-no-glasses"
+KAGGLE_IMAGE_DIR = "faces-spring-2020/faces-spring-2020"
+
+# --- data pipeline ------------------------------------------------------------------------------
+SEED = 1234
+SPLIT_FRACTIONS: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train / val / test
+BATCH_SIZE = 64
+SHUFFLE_BUFFER = 2000
