@@ -43,3 +43,18 @@ SEED = 1234
 SPLIT_FRACTIONS: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train / val / test
 BATCH_SIZE = 64
 SHUFFLE_BUFFER = 2000
+
+# --- load tests and serving benchmark (loadtests/) ----------------------------------------------
+# Generated upload set in realistic sizes: CelebA photo JPEGs and Kaggle GAN-face PNGs.
+LOADTEST_JPEG_SIZE: tuple[int, int] = (178, 218)  # width, height
+LOADTEST_PNG_SIZE: tuple[int, int] = (1024, 1024)
+LOADTEST_IMAGE_COUNTS: dict[str, int] = {"jpeg": 24, "png": 6}
+LOADTEST_DIR = WORK_DIR / "loadtests"  # generated images and locust reports (git-ignored)
+# Locust profiles: users, spawn rate, run time (s), think time (ms, uniform 0..max), SLO bounds per
+# endpoint (ms; failure ratio must be 0). The short profile runs in the test suite on a shared 2-core
+# machine, so its bounds are loose enough for a busy CI box yet still catch a stuck or queueing server.
+LOADTEST_PROFILES: dict[str, dict] = {
+    "short": {"users": 6, "spawn_rate": 6, "run_time": 20, "think_ms": 100, "p95_ms": 2500, "p99_ms": 5000},
+    "soak": {"users": 12, "spawn_rate": 4, "run_time": 600, "think_ms": 100, "p95_ms": 1500, "p99_ms": 3000,
+             "max_rss_growth": 0.25},
+}

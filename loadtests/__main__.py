@@ -1,0 +1,7 @@
+"""`python -m loadtests`: see loadtests/run.py."""
+
+import sys
+
+from loadtests.run import main
+
+sys.exit(main())

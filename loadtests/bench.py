@@ -1,0 +1,227 @@
+"""Serving benchmark: the service against what this machine allows and against a naive server.
+
+    python -m loadtests.bench [--json] [--users 32] [--seconds 15] [--images DIR]
+
+In one run, on the same machine, with the same model and the same images (per upload kind:
+178x218 JPEG and 1024x1024 PNG, generated, see loadtests/images.py):
+1. ceiling: decode + preprocess (glasses.preprocessing, a thread per core) + batched compiled inference
+   (`model(x, training=False)` in a tf.function with a fixed signature, batch 64), in this process: images/s;
+2. service: the real `bentoml serve` on 127.0.0.1 under saturating load (locust FastHttpUser in a
+   subprocess, users back-to-back, single-image POST /predict): successful req/s and p50/p95/p99;
+3. naive: loadtests/naive_app.py (starlette + uvicorn, `model.predict` per request), same load.
+Ratios: service/ceiling and service/naive. The load generator shares the 2 cores: its own CPU use
+(cores busy during the measured window) is measured and reported beside each figure, as is the
+server's, and os.getloadavg() before and after (other work on the machine skews every figure).
+
+The model: the bundled default (models/glasses_classifier.bentomodel) if present, else the paper's
+best CNN (training.models.PAPER_BEST_HYPERPARAMETERS) with seeded weights; either is registered into
+a temporary BentoML store, never the user's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from glasses.config import (BUNDLED_MODEL_FILE, CLASS_MAP, DEFAULT_THRESHOLD, IMAGE_SIZE, LOADTEST_DIR,
+                            MODEL_NAME, SEED)
+from loadtests.images import generate_images, load_images
+from loadtests.run import run_locust
+from loadtests.server import Server, bentoml_command, free_port
+
+KIND_LABELS = {"jpeg": "178x218 JPEG", "png": "1024x1024 PNG"}
+# Goals from the issue: service/ceiling and service/naive per upload kind (None = no goal).
+GOALS = {"jpeg": {"service/ceiling": 0.6, "service/naive": 10.0}, "png": {"service/ceiling": 0.85, "service/naive": None}}
+CEILING_BATCH = 64
+
+
+def register_model(home: Path) -> tuple[str, Path, str]:
+    """Register the benchmark's model into the store at `home`: (tag, model.keras path, description)."""
+    os.environ["BENTOML_HOME"] = str(home)  # before bentoml is first imported in this process
+    import bentoml
+
+    from glasses import preprocessing, registry
+
+    if BUNDLED_MODEL_FILE.exists():
+        tag, source = registry.import_bundled_model(), f"bundled default {BUNDLED_MODEL_FILE.name}"
+    else:
+        import keras
+
+        from training.models import PAPER_BEST_HYPERPARAMETERS, build_from_hyperparameters
+
+        keras.utils.set_random_seed(SEED)
+        model = build_from_hyperparameters(PAPER_BEST_HYPERPARAMETERS)
+        metadata = {"image_size": IMAGE_SIZE, "preprocessing_version": preprocessing.PREPROCESSING_VERSION,
+                    "class_map": CLASS_MAP, "threshold": DEFAULT_THRESHOLD,
+                    "hyperparameters": PAPER_BEST_HYPERPARAMETERS, "data_source": "none (seeded weights, benchmark)"}
+        with bentoml.models.create(MODEL_NAME, labels={"stage": "benchmark"}, metadata=metadata) as ctx:
+            model.save(ctx.path_of("model.keras"))
+            tag = str(ctx.tag)
+        source = f"paper's best CNN ({model.count_params():,} params), seeded weights"
+    return tag, Path(registry.get_model(tag).path_of("model.keras")), source
+
+
+def measure_ceiling(model_file: Path, uploads: list, seconds: float, batch: int = CEILING_BATCH) -> dict:
+    """Decode + preprocess + compiled batched inference in this process; images/s (and its two parts)."""
+    import keras
+    import tensorflow as tf
+
+    model = keras.saving.load_model(model_file, compile=False)
+    infer = tf.function(lambda x: model(x, training=False),
+                        input_signature=[tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32)])
+    from glasses.preprocessing import preprocess
+
+    datas = [u.data for u in uploads]
+    with ThreadPoolExecutor(os.cpu_count() or 2) as pool:  # PIL releases the GIL while decoding/resizing
+        warm = np.stack(list(pool.map(preprocess, datas[:batch])))
+        infer(tf.constant(np.resize(warm, (batch, *warm.shape[1:])))).numpy()
+        n, decode_s, infer_s, i = 0, 0.0, 0.0, 0
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            chunk = [datas[(i + k) % len(datas)] for k in range(batch)]
+            i += batch
+            t0 = time.perf_counter()
+            x = np.stack(list(pool.map(preprocess, chunk)))
+            t1 = time.perf_counter()
+            probabilities = infer(tf.constant(x)).numpy()
+            infer_s += time.perf_counter() - t1
+            decode_s += t1 - t0
+            n += len(probabilities)
+    total = decode_s + infer_s
+    return {"images_per_s": n / total, "images": n, "decode_images_per_s": n / decode_s,
+            "infer_images_per_s": n / infer_s, "batch": batch, "decode_threads": os.cpu_count()}
+
+
+def measure_http(server: Server, images: Path, out: Path, name: str, users: int, seconds: float,
+                 warmup: float) -> dict:
+    """Saturating single-image /predict load from locust (subprocess); successful req/s and latencies."""
+    common = dict(users=users, spawn_rate=users, think_ms=0, images=images, user_classes=("PredictUser",))
+    run_locust(server.url, out, f"{name}-warmup", run_time=warmup, html=False, **common)
+    cpu0 = server.cpu_seconds()
+    run = run_locust(server.url, out, name, run_time=seconds, **common)
+    server_cpu = server.cpu_seconds() - cpu0
+    row = next((s for s in run.stats if s.name == "/predict"), None)
+    if row is None or row.requests == 0:
+        raise RuntimeError(f"no /predict requests recorded for {name}; see {run.csv_prefix}.log")
+    wall = run.generator.get("wall_s") or seconds
+    return {"req_per_s": row.rps * (1 - row.failure_ratio), "requests": row.requests, "failures": row.failures,
+            "p50_ms": row.p50_ms, "p95_ms": row.p95_ms, "p99_ms": row.p99_ms,
+            "generator_cores": run.generator.get("cores"), "server_cores": server_cpu / wall}
+
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(), "host": platform.node()}
+
+
+def run_benchmark(args: argparse.Namespace) -> dict:
+    report: dict = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
+                    "loadavg_before": os.getloadavg(), "users": args.users, "seconds": args.seconds,
+                    "warmup": args.warmup, "kinds": {}}
+    root = args.images or generate_images(LOADTEST_DIR / "images")
+    kinds = {kind: root / kind for kind in args.kinds}
+    out = LOADTEST_DIR / "reports" / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
+    with tempfile.TemporaryDirectory(prefix="glasses-bench-") as home:
+        tag, model_file, source = register_model(Path(home))
+        report["model"] = {"tag": tag, "source": source}
+        uploads = {kind: load_images(folder) for kind, folder in kinds.items()}
+        for kind in kinds:
+            report["kinds"][kind] = {"label": KIND_LABELS.get(kind, kind), "files": len(uploads[kind]),
+                                     "mean_bytes": int(np.mean([len(u.data) for u in uploads[kind]]))}
+            log(f"ceiling {kind} ...")
+            report["kinds"][kind]["ceiling"] = measure_ceiling(model_file, uploads[kind], args.ceiling_seconds)
+        targets = {
+            "service": (bentoml_command, {"BENTOML_HOME": home, "GLASSES_MODEL": tag}),
+            "naive": (lambda port: [sys.executable, "-m", "uvicorn", "loadtests.naive_app:app", "--host", "127.0.0.1",
+                                    "--port", str(port), "--log-level", "warning"],
+                      {"GLASSES_NAIVE_MODEL": str(model_file)}),
+        }
+        for target, (command, env) in targets.items():
+            port = free_port()
+            log(f"starting {target} on 127.0.0.1:{port} ...")
+            with Server(command(port), port, env=env) as server:
+                report[f"{target}_rss_mb"] = server.rss_bytes() / 2**20
+                for kind, folder in kinds.items():
+                    log(f"{target} {kind}: {args.users} users x {args.seconds:g}s ...")
+                    report["kinds"][kind][target] = measure_http(server, folder, out, f"{target}-{kind}", args.users,
+                                                                 args.seconds, args.warmup)
+    for kind, res in report["kinds"].items():
+        service = res["service"]["req_per_s"]
+        res["ratios"] = {"service/ceiling": service / res["ceiling"]["images_per_s"],
+                         "service/naive": service / res["naive"]["req_per_s"] if res["naive"]["req_per_s"] else None}
+        res["goals"] = GOALS.get(kind, {})
+    report["loadavg_after"] = os.getloadavg()
+    report["reports"] = str(out)
+    return report
+
+
+def log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def format_report(report: dict) -> str:
+    """The benchmark table (markdown) with ratios against the goals."""
+    m = report["machine"]
+    f = lambda v, spec=".0f": "-" if v is None else format(v, spec)  # noqa: E731
+    lines = [
+        f"Serving benchmark, {report['date']}, {m['cpu']} ({m['cores']} cores), "
+        f"load average before {' / '.join(f'{x:.2f}' for x in report['loadavg_before'])}, "
+        f"after {' / '.join(f'{x:.2f}' for x in report['loadavg_after'])}",
+        f"model {report['model']['tag']}: {report['model']['source']}",
+        f"load: locust FastHttpUser subprocess, {report['users']} users back-to-back, single-image POST /predict, "
+        f"{report['seconds']:g} s after a {report['warmup']:g} s warm-up",
+        "",
+        "| upload | target | img/s or req/s | p50 ms | p95 ms | p99 ms | failures | generator cores | server cores |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for kind, res in report["kinds"].items():
+        c = res["ceiling"]
+        lines.append(f"| {res['label']} | ceiling (in-process, batch {c['batch']}) | {c['images_per_s']:.1f} "
+                     f"| | | | | | |")
+        for target in ("service", "naive"):
+            r = res[target]
+            lines.append(f"| {res['label']} | {target} | {r['req_per_s']:.1f} | {f(r['p50_ms'])} | {f(r['p95_ms'])} "
+                         f"| {f(r['p99_ms'])} | {r['failures']}/{r['requests']} | {f(r['generator_cores'], '.2f')} "
+                         f"| {f(r['server_cores'], '.2f')} |")
+    lines += ["", "| upload | ratio | value | goal | met |", "|---|---|---:|---:|---|"]
+    for kind, res in report["kinds"].items():
+        for name, value in res["ratios"].items():
+            goal = res["goals"].get(name)
+            met = "-" if goal is None or value is None else ("yes" if value >= goal else "NO")
+            lines.append(f"| {res['label']} | {name} | {f(value, '.2f')} | {f(goal, 'g')} | {met} |")
+    lines += ["", "ceiling parts (images/s): " + "; ".join(
+        f"{res['label']}: decode+preprocess {res['ceiling']['decode_images_per_s']:.0f} "
+        f"({res['ceiling']['decode_threads']} threads), compiled inference {res['ceiling']['infer_images_per_s']:.0f}"
+        for res in report["kinds"].values())]
+    lines.append(f"server RSS after start: service {report['service_rss_mb']:.0f} MB, naive {report['naive_rss_mb']:.0f} MB")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    parser.add_argument("--users", type=int, default=32, help="concurrent back-to-back users (default 32)")
+    parser.add_argument("--seconds", type=float, default=15.0, help="measured load per target and kind")
+    parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured load before each measurement")
+    parser.add_argument("--ceiling-seconds", type=float, default=8.0, help="in-process ceiling run per kind")
+    parser.add_argument("--kinds", nargs="+", default=["jpeg", "png"], help="subfolders of the image set to use")
+    parser.add_argument("--images", type=Path, help="image set with one subfolder per kind (default: generated)")
+    args = parser.parse_args(argv)
+    report = run_benchmark(args)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
