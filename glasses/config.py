@@ -44,6 +44,17 @@ SPLIT_FRACTIONS: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train / val / t
 BATCH_SIZE = 64
 SHUFFLE_BUFFER = 2000
 
+# --- prepare (training/prepare.py) --------------------------------------------------------------
+CACHE_SUBDIR = "cache"  # WORK_DIR/cache/<kind>-<size>-<fingerprint[:16]>/
+CSV_BLOCKSIZE = "16MB"  # dask.dataframe.read_csv partition size (CSV may exceed memory)
+DECODE_CHUNK = 32  # images per dask task (upper bound; small sources get smaller chunks)
+PREPARE_SCHEDULER = "threads"  # local dask scheduler; measured faster than processes here (benchmarks/)
+LABELS_CSV = "labels.csv"  # optional file in a folders: source
+LABELS_FILE_COLUMN = "file"  # path relative to the folders: root, e.g. glasses/000123.jpg
+GROUP_COLUMNS: tuple[str, ...] = ("celeba_identity", "identity", "person", "group")  # first present wins
+KAGGLE_HOST = "www.kaggle.com"
+KAGGLE_TIMEOUT = 10.0  # seconds to wait for Kaggle to answer before giving up
+
 # --- load tests and serving benchmark (loadtests/) ----------------------------------------------
 # Generated upload set in realistic sizes: CelebA photo JPEGs and Kaggle GAN-face PNGs.
 LOADTEST_JPEG_SIZE: tuple[int, int] = (178, 218)  # width, height
