@@ -1,0 +1,148 @@
+"""Load tests: the generated upload set, the SLO checker on crafted CSVs, and the short locust profile
+against a real server (marker `loadtest`)."""
+
+from __future__ import annotations
+
+import email.parser
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from glasses.preprocessing import ImageDecodeError, decode
+from loadtests.images import bad_uploads, generate_images, load_images, multipart_body
+from loadtests.run import memory_report
+from loadtests.slo import SLO, check, main as slo_main, read_stats
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+HEADER = ("Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,Min Response Time,"
+          "Max Response Time,Average Content Size,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,99%,99.9%,"
+          "99.99%,100%")
+
+
+def stats_csv(path: Path, rows: list[tuple[str, int, int, int, int]]) -> Path:
+    """A locust `_stats.csv` with (name, requests, failures, p95, p99) rows plus the Aggregated row."""
+    lines = [HEADER]
+    for name, n, fails, p95, p99 in rows:
+        #                50%       66%       75%       80%       90%  95%  98%  99%  99.9% 99.99% 100%
+        pcts = [p95 // 2, p95 // 2, p95 // 2, p95 // 2, p95, p95, p99, p99, p99, p99, p99]
+        cells = ["N/A"] * len(pcts) if n == 0 else [str(v) for v in pcts]
+        lines.append(f"POST,{name},{n},{fails},{p95 // 2},40.0,3.0,{p99},64.0,{n / 20:.2f},{fails / 20:.2f},"
+                     + ",".join(cells))
+    n, fails = sum(r[1] for r in rows), sum(r[2] for r in rows)
+    p95, p99 = max(r[3] for r in rows), max(r[4] for r in rows)
+    lines.append(f",Aggregated,{n},{fails},20,40.0,3.0,{p99},64.0,{n / 20:.2f},{fails / 20:.2f},"
+                 f"20,30,40,50,60,{p95},{p99},{p99},{p99},{p99},{p99}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# --- upload set ----------------------------------------------------------------------------------
+
+def test_generated_set_has_realistic_sizes_and_is_deterministic(tmp_path: Path) -> None:
+    counts = {"jpeg": 3, "png": 1}
+    first = load_images(generate_images(tmp_path / "a", counts))
+    second = load_images(generate_images(tmp_path / "b", counts))
+    assert [u.name for u in first] == ["jpeg/face-000.jpg", "jpeg/face-001.jpg", "jpeg/face-002.jpg", "png/face-000.png"]
+    assert [u.data for u in first] == [u.data for u in second]
+    for up in first:
+        img = Image.open(io.BytesIO(up.data))
+        if up.name.startswith("jpeg/"):
+            assert (img.format, img.size, up.content_type) == ("JPEG", (178, 218), "image/jpeg")
+            assert 3_000 < len(up.data) < 20_000  # CelebA photos average ~7 KB
+        else:
+            assert (img.format, img.size, up.content_type) == ("PNG", (1024, 1024), "image/png")
+            assert len(up.data) > 800_000  # Kaggle GAN faces are ~1.3-1.7 MB: decode cost must be realistic
+    assert len({u.data for u in first}) == len(first)
+
+
+def test_load_images_refuses_missing_or_empty_folders(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_images(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    with pytest.raises(FileNotFoundError, match="no images"):
+        load_images(tmp_path / "empty")
+
+
+def test_bad_uploads_really_are_undecodable(tmp_path: Path) -> None:
+    good = load_images(generate_images(tmp_path, {"jpeg": 1}))[0]
+    decode(good.data)
+    for bad in bad_uploads(good):
+        with pytest.raises(ImageDecodeError):
+            decode(bad.data)
+
+
+def test_multipart_body_round_trips(tmp_path: Path) -> None:
+    uploads = load_images(generate_images(tmp_path, {"jpeg": 2}))
+    body, content_type = multipart_body("images", uploads)
+    message = email.parser.BytesParser().parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
+    parts = message.get_payload()
+    assert [p.get_param("name", header="content-disposition") for p in parts] == ["images", "images"]
+    assert [p.get_filename() for p in parts] == ["face-000.jpg", "face-001.jpg"]
+    assert [p.get_payload(decode=True) for p in parts] == [u.data for u in uploads]
+
+
+# --- SLO checker ---------------------------------------------------------------------------------
+
+SLO_BOUNDS = SLO(p95_ms=500, p99_ms=1000)
+
+
+def test_slo_met_on_a_clean_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = stats_csv(tmp_path / "ok_stats.csv", [("/predict", 400, 0, 300, 800), ("/readyz", 50, 0, 5, 9)])
+    stats = read_stats(path)
+    assert [s.name for s in stats] == ["/predict", "/readyz", "Aggregated"]
+    assert (stats[0].requests, stats[0].p95_ms, stats[0].p99_ms) == (400, 300, 800)
+    assert check(stats, SLO_BOUNDS) == []
+    assert slo_main([str(path), "--p95-ms", "500", "--p99-ms", "1000"]) == 0
+    assert "SLO: met" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "rows, expected",
+    [
+        ([("/predict", 400, 1, 300, 800)], "failure ratio 0.0025 (1/400)"),
+        ([("/predict", 400, 0, 501, 800)], "/predict: p95 501.0 ms > 500 ms"),
+        ([("/predict", 400, 0, 300, 1200)], "/predict: p99 1200.0 ms > 1000 ms"),
+        ([("/predict", 400, 0, 300, 800), ("/readyz", 0, 0, 0, 0)], "/readyz: no requests were made"),
+    ],
+    ids=["one-failure", "p95", "p99", "endpoint-never-called"],
+)
+def test_slo_breached(tmp_path: Path, capsys: pytest.CaptureFixture, rows, expected: str) -> None:
+    path = stats_csv(tmp_path / "bad_stats.csv", rows)
+    breaches = check(read_stats(path), SLO_BOUNDS)
+    assert any(expected in b for b in breaches), breaches
+    assert slo_main([str(path), "--p95-ms", "500", "--p99-ms", "1000"]) == 1
+    assert "SLO BREACHED" in capsys.readouterr().out
+
+
+def test_slo_tolerates_a_configured_failure_ratio(tmp_path: Path) -> None:
+    path = stats_csv(tmp_path / "s_stats.csv", [("/predict", 400, 1, 300, 800)])
+    assert check(read_stats(path), SLO(500, 1000, max_failure_ratio=0.01)) == []
+
+
+def test_slo_cli_exit_codes(tmp_path: Path) -> None:
+    """The CLI as CI calls it: 1 on a breach, 2 on a file that is not locust's stats."""
+    breached = stats_csv(tmp_path / "b_stats.csv", [("/predict", 10, 0, 900, 900)])
+    cmd = [sys.executable, "-m", "loadtests.slo", "--p95-ms", "500", "--p99-ms", "1000"]
+    run = subprocess.run([*cmd, str(breached)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "p95 900.0 ms > 500 ms" in run.stdout
+    other = tmp_path / "other.csv"
+    other.write_text("a,b\n1,2\n")
+    run = subprocess.run([*cmd, str(other)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "not a locust stats CSV" in run.stderr
+    run = subprocess.run([*cmd, str(tmp_path / "missing.csv")], cwd=REPO_ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 2 and "does not exist" in run.stderr
+
+
+def test_memory_report_measures_growth_after_warmup() -> None:
+    mb = 2**20
+    samples = [(0.0, 500 * mb), (10.0, 800 * mb), (20.0, 820 * mb), (30.0, 880 * mb)]
+    report = memory_report(samples, warmup_s=10.0)
+    assert (report["rss_ready_mb"], report["rss_start_mb"], report["rss_end_mb"], report["rss_peak_mb"]) == (
+        500, 800, 880, 880)
+    assert report["growth"] == pytest.approx(0.10)
