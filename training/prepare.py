@@ -80,20 +80,34 @@ class PreparedData:
 
 
 @dataclass
-class Inventory:
-    """Everything known about a source before any image is decoded."""
+class Scan:
+    """A source listed without reading any label file or image (cheap: enough for the fingerprint)."""
 
     kind: str  # "kaggle-dir" | "folders"
     root: Path  # directory or .zip
     source: str  # the source string with its path made absolute
+    images: list[tuple[str, int | None, list]]  # (file relative to root / zip member, folder label or None, stats)
+    label_files: dict[str, list]  # label CSVs present -> stats (their contents are read only when building)
+    unknown_files: list[str] = field(default_factory=list)  # files that match no expected name
+
+    @property
+    def is_zip(self) -> bool:
+        return self.root.is_file()
+
+
+@dataclass
+class Inventory:
+    """Everything known about a source before any image is decoded."""
+
+    kind: str
+    root: Path
+    source: str
     ids: list[str]
     files: list[str]  # relative to root (or zip member names)
     labels: list[int]
     groups: list[str] | None
     grouped_by: str | None
-    stats: list  # per file: [size, mtime_ns] or [size, crc] (zip) -> fingerprint
     excluded: dict[str, int] = field(default_factory=lambda: {c: 0 for c in CLASS_NAMES})
-    excluded_ids: list[str] = field(default_factory=list)
     missing_images: list[str] = field(default_factory=list)
     unlabelled_images: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -143,6 +157,10 @@ def _csv_header(root: Path, name: str) -> list[str]:
     return [c.strip() for c in line.strip().split(",")] if line.strip() else []
 
 
+def _csv_url(root: Path, name: str) -> str:
+    return f"zip://{name}::{root}" if root.is_file() else str(root / name)
+
+
 def _kaggle_root(path: Path) -> Path:
     """A Kaggle-layout directory, or the downloaded .zip (also found inside a download directory)."""
     if path.is_file():
@@ -157,30 +175,36 @@ def _kaggle_root(path: Path) -> Path:
     raise UserError(f"{path} has no train.csv (expected Kaggle's layout or its downloaded .zip)")
 
 
-def inventory_kaggle(path: str, *, exclude: bool = True) -> Inventory:
-    """List a Kaggle-layout source (dir or zip): train.csv labels, face-<id>.png images, exclusions."""
+def _natural_key(s: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+def scan_kaggle(path: str) -> Scan:
+    """List a Kaggle-layout source (dir or zip): face-<id>.png images and the CSVs' sizes/mtimes or CRCs."""
     root = _kaggle_root(_existing(path, "Kaggle directory or zip"))
-    is_zip = root.is_file()
     prefix = KAGGLE_IMAGE_DIR.strip("/") + "/"
-    images: dict[str, tuple[str, list]] = {}  # id -> (member/relative file, stats)
-    unknown_files: list[str] = []
-    if is_zip:
-        with zipfile.ZipFile(root) as zf:
-            names = set(zf.namelist())
-            if "train.csv" not in names:
-                raise UserError(f"{root} has no train.csv at its top level (expected Kaggle's layout)")
-            has_test = "test.csv" in names
-            for info in zf.infolist():
-                if info.is_dir() or not info.filename.startswith(prefix):
-                    continue
-                m = _FACE_RE.match(info.filename[len(prefix):])
-                if m and "/" not in info.filename[len(prefix):]:
-                    images[str(int(m.group(1)))] = (info.filename, [info.file_size, info.CRC])
-                else:
-                    unknown_files.append(info.filename)
-        csv_url = lambda name: f"zip://{name}::{root}"  # noqa: E731
+    scan = Scan(kind="kaggle-dir", root=root, source=f"kaggle-dir:{root}", images=[], label_files={})
+    if root.is_file():
+        try:
+            with zipfile.ZipFile(root) as zf:
+                infos = zf.infolist()
+        except zipfile.BadZipFile as exc:
+            raise UserError(f"{root} is not a readable zip: {exc}") from None
+        for info in infos:
+            name = info.filename
+            if name in ("train.csv", "test.csv"):
+                scan.label_files[name] = [info.file_size, info.CRC]
+            elif info.is_dir() or not name.startswith(prefix):
+                continue
+            elif _FACE_RE.match(name[len(prefix):]) and "/" not in name[len(prefix):]:
+                scan.images.append((name, None, [info.file_size, info.CRC]))
+            else:
+                scan.unknown_files.append(name)
     else:
-        has_test = (root / "test.csv").exists()
+        for name in ("train.csv", "test.csv"):
+            if (root / name).is_file():
+                st = (root / name).stat()
+                scan.label_files[name] = [st.st_size, st.st_mtime_ns]
         image_dir = root / KAGGLE_IMAGE_DIR
         if not image_dir.is_dir():
             raise UserError(f"{root} has no {KAGGLE_IMAGE_DIR}/ folder (expected Kaggle's layout)")
@@ -188,16 +212,24 @@ def inventory_kaggle(path: str, *, exclude: bool = True) -> Inventory:
             for entry in it:
                 if not entry.is_file() or entry.name.startswith("."):
                     continue
-                m = _FACE_RE.match(entry.name)
-                if m:
+                if _FACE_RE.match(entry.name):
                     st = entry.stat()
-                    images[str(int(m.group(1)))] = (prefix + entry.name, [st.st_size, st.st_mtime_ns])
+                    scan.images.append((prefix + entry.name, None, [st.st_size, st.st_mtime_ns]))
                 else:
-                    unknown_files.append(prefix + entry.name)
-        csv_url = lambda name: str(root / name)  # noqa: E731
-    if not images:
+                    scan.unknown_files.append(prefix + entry.name)
+    if "train.csv" not in scan.label_files:
+        raise UserError(f"{root} has no train.csv at its top level (expected Kaggle's layout)")
+    if not scan.images:
         raise UserError(f"{root} has no {KAGGLE_IMAGE_DIR}/face-<id>.png images")
+    scan.images.sort(key=lambda t: _natural_key(t[0]))
+    return scan
 
+
+def label_kaggle(scan: Scan, *, exclude: bool = True) -> Inventory:
+    """Read train.csv (and test.csv) with dask, apply the exclusions, match ids to images."""
+    root = scan.root
+    prefix = KAGGLE_IMAGE_DIR.strip("/") + "/"
+    images = {str(int(_FACE_RE.match(f[len(prefix):]).group(1))): f for f, _, _ in scan.images}
     header = _csv_header(root, "train.csv")
     if "id" not in header or "glasses" not in header:
         raise UserError(f"{root}: train.csv must have columns id and glasses (found {header[:5]}...)")
@@ -205,7 +237,7 @@ def inventory_kaggle(path: str, *, exclude: bool = True) -> Inventory:
     n_features = sum(1 for c in header if re.fullmatch(r"v\d+", c))
     if n_features != 512:
         notes.append(f"train.csv has {n_features} feature columns v1..vN (Kaggle's has 512; they are not used)")
-    train = _read_csv(csv_url("train.csv"), ["id", "glasses"], {"id": "int64", "glasses": "int64"}, "train.csv")
+    train = _read_csv(_csv_url(root, "train.csv"), ["id", "glasses"], {"id": "int64", "glasses": "int64"}, "train.csv")
     if train.empty:
         raise UserError(f"{root}: train.csv has no rows")
     bad = train[~train["glasses"].isin([0, 1])]
@@ -215,35 +247,31 @@ def inventory_kaggle(path: str, *, exclude: bool = True) -> Inventory:
     if len(dup):
         raise UserError(f"train.csv: {len(dup)} duplicate ids (first {dup.iloc[0]})")
     test_ids: set[str] = set()
-    if has_test:
+    if "test.csv" in scan.label_files:
         if "id" not in _csv_header(root, "test.csv"):
             raise UserError(f"{root}: test.csv has no id column")
-        test = _read_csv(csv_url("test.csv"), ["id"], {"id": "int64"}, "test.csv")
+        test = _read_csv(_csv_url(root, "test.csv"), ["id"], {"id": "int64"}, "test.csv")
         test_ids = {str(i) for i in test["id"].tolist()}
         notes.append(f"test.csv: {len(test_ids)} unlabelled ids ignored for training")
 
     excluded_set = load_excluded_ids() if exclude else set()
-    inv = Inventory(kind="kaggle-dir", root=root, source=f"kaggle-dir:{root}", ids=[], files=[], labels=[],
-                    groups=None, grouped_by=None, stats=[], notes=notes)
+    inv = Inventory(kind=scan.kind, root=root, source=scan.source, ids=[], files=[], labels=[],
+                    groups=None, grouped_by=None, notes=notes)
     labelled = set()
     for raw_id, label in zip(train["id"].tolist(), train["glasses"].tolist()):
         sid = str(int(raw_id))
         labelled.add(sid)
         if sid in excluded_set:
             inv.excluded[CLASS_NAMES[label]] += 1
-            inv.excluded_ids.append(sid)
             continue
         if sid not in images:
             inv.missing_images.append(f"id {sid}: no {prefix}face-{sid}.png")
             continue
-        file, stats = images[sid]
         inv.ids.append(sid)
-        inv.files.append(file)
+        inv.files.append(images[sid])
         inv.labels.append(int(label))
-        inv.stats.append(stats)
-    inv.unlabelled_images = sorted(
-        (images[i][0] for i in images if i not in labelled and i not in test_ids), key=_natural_key
-    ) + sorted(unknown_files)
+    inv.unlabelled_images = [images[i] for i in sorted(images, key=int) if i not in labelled and i not in test_ids]
+    inv.unlabelled_images += sorted(scan.unknown_files)
     if not inv.ids:
         raise UserError(f"{root}: no labelled image left to prepare")
     return inv
@@ -254,11 +282,7 @@ def load_excluded_ids(path: Path = EXCLUDED_IDS_FILE) -> set[str]:
     return {str(int(line)) for line in path.read_text().split() if line.strip()}
 
 
-def _natural_key(s: str) -> list:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
-
-
-def inventory_folders(path: str, *, group_column: str | None = None) -> Inventory:
+def scan_folders(path: str) -> Scan:
     """List a folders source: PATH/glasses/*, PATH/no_glasses/* (or no-glasses/), optional labels.csv."""
     root = _existing(path, "folder")
     if not root.is_dir():
@@ -269,22 +293,34 @@ def inventory_folders(path: str, *, group_column: str | None = None) -> Inventor
     if found != set(CLASS_NAMES):
         missing = ", ".join(f"{c}/" for c in CLASS_NAMES if c not in found)
         raise UserError(f"{root} has no {missing} folder (folders: needs glasses/ and no_glasses/)")
-    entries: list[tuple[str, int, list]] = []
+    scan = Scan(kind="folders", root=root, source=f"folders:{root}", images=[], label_files={})
     for d, cls in class_dirs:
-        for p in sorted(d.rglob("*"), key=lambda p: _natural_key(str(p))):
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts):
+        for dirpath, dirnames, filenames in os.walk(d):
+            dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
+            for name in filenames:
+                if name.startswith("."):
+                    continue
+                p = Path(dirpath) / name
                 st = p.stat()
-                entries.append((p.relative_to(root).as_posix(), CLASS_NAMES.index(cls), [st.st_size, st.st_mtime_ns]))
-    per_class = {c: sum(1 for e in entries if e[1] == i) for i, c in enumerate(CLASS_NAMES)}
-    empty = [c for c, n in per_class.items() if n == 0]
+                scan.images.append((p.relative_to(root).as_posix(), CLASS_NAMES.index(cls), [st.st_size, st.st_mtime_ns]))
+    scan.images.sort(key=lambda t: _natural_key(t[0]))
+    empty = [c for i, c in enumerate(CLASS_NAMES) if not any(lab == i for _, lab, _ in scan.images)]
     if empty:
         raise UserError(f"{root}: no files in {' and '.join(c + '/' for c in empty)} (need images of both classes)")
+    if (root / LABELS_CSV).is_file():
+        st = (root / LABELS_CSV).stat()
+        scan.label_files[LABELS_CSV] = [st.st_size, st.st_mtime_ns]
+    return scan
 
-    inv = Inventory(kind="folders", root=root, source=f"folders:{root}", ids=[], files=[], labels=[],
-                    groups=None, grouped_by=None, stats=[])
+
+def label_folders(scan: Scan, *, group_column: str | None = None) -> Inventory:
+    """Labels from the folder names; groups (persons) from labels.csv read with dask, when present."""
+    root = scan.root
+    inv = Inventory(kind=scan.kind, root=root, source=scan.source, ids=[], files=[], labels=[],
+                    groups=None, grouped_by=None)
     group_of: dict[str, str] = {}
     labels_csv = root / LABELS_CSV
-    if labels_csv.exists():
+    if LABELS_CSV in scan.label_files:
         header = _csv_header(root, LABELS_CSV)
         if LABELS_FILE_COLUMN not in header:
             raise UserError(f"{labels_csv} has no {LABELS_FILE_COLUMN!r} column")
@@ -294,22 +330,23 @@ def inventory_folders(path: str, *, group_column: str | None = None) -> Inventor
         if column:
             table = _read_csv(str(labels_csv), [LABELS_FILE_COLUMN, column],
                               {LABELS_FILE_COLUMN: "string", column: "string"}, LABELS_CSV)
-            table = table.dropna(subset=[LABELS_FILE_COLUMN])
-            group_of = {str(f).strip(): str(g) for f, g in zip(table[LABELS_FILE_COLUMN], table[column])
-                        if g is not None and str(g) not in ("", "<NA>", "nan")}
+            table = table.dropna()
+            group_of = {str(f).strip(): str(g).strip() for f, g in zip(table[LABELS_FILE_COLUMN], table[column])
+                        if str(g).strip()}
             inv.grouped_by = column
-            present = {e[0] for e in entries}
-            inv.missing_images = [f"{f}: listed in {LABELS_CSV}, no such file" for f in sorted(group_of, key=_natural_key)
-                                  if f not in present]
+            present = {f for f, _, _ in scan.images}
+            inv.missing_images = [f"{f}: listed in {LABELS_CSV}, no such file"
+                                  for f in sorted(group_of, key=_natural_key) if f not in present]
         else:
             inv.notes.append(f"{LABELS_CSV} has no group column ({', '.join(GROUP_COLUMNS)}): split not grouped")
+    elif group_column is not None:
+        raise UserError(f"--group-column {group_column} given but {labels_csv} does not exist")
     no_group = 0
     groups = []
-    for rel, label, stats in entries:
+    for rel, label, _ in scan.images:
         inv.ids.append(rel)
         inv.files.append(rel)
         inv.labels.append(label)
-        inv.stats.append(stats)
         g = group_of.get(rel)
         if g is None:
             no_group += 1
@@ -322,34 +359,46 @@ def inventory_folders(path: str, *, group_column: str | None = None) -> Inventor
     return inv
 
 
-def inventory(source: str, *, exclude: bool = True, group_column: str | None = None,
-              work_dir: Path = WORK_DIR) -> Inventory:
-    """Inventory any source; "kaggle" downloads first (training.download)."""
+def scan(source: str, *, work_dir: Path = WORK_DIR) -> Scan:
+    """List any source; "kaggle" downloads first (training.download)."""
     kind, path = parse_source(source)
     if kind == "kaggle":
         from training.download import download
 
-        zip_path = download(Path(work_dir) / "kaggle")
-        inv = inventory_kaggle(str(zip_path), exclude=exclude)
-        inv.source = "kaggle"
-        return inv
-    if kind == "kaggle-dir":
-        return inventory_kaggle(path, exclude=exclude)
-    return inventory_folders(path, group_column=group_column)
+        result = scan_kaggle(str(download(Path(work_dir) / "kaggle")))
+        result.source = "kaggle"
+        return result
+    return scan_kaggle(path) if kind == "kaggle-dir" else scan_folders(path)
+
+
+def inventory(listing: Scan, *, exclude: bool = True, group_column: str | None = None) -> Inventory:
+    """Read the labels of a scanned source (dask) -> what will be decoded, with labels and groups."""
+    if listing.kind == "kaggle-dir":
+        return label_kaggle(listing, exclude=exclude)
+    return label_folders(listing, group_column=group_column)
 
 
 # --- fingerprint and cache ----------------------------------------------------------------------
-def fingerprint(inv: Inventory, size: int, exclude: bool) -> str:
-    """sha256 of everything that determines the cache: files + stats, labels, groups, exclusions, size, version."""
+def fingerprint(listing: Scan, size: int, *, exclude: bool = True, group_column: str | None = None) -> str:
+    """sha256 of what determines the cache, computable without decoding or parsing anything.
+
+    Image files (names, folder labels, sizes + mtimes, or sizes + CRCs in a zip), the label files' sizes +
+    mtimes/CRCs (they hold labels, groups), the exclusion list (Kaggle, unless --no-exclude), the
+    group column asked for, image size and PREPROCESSING_VERSION.
+    """
+    exclusions = None
+    if listing.kind == "kaggle-dir" and exclude:
+        exclusions = hashlib.sha256(EXCLUDED_IDS_FILE.read_bytes()).hexdigest()
     payload = {
         "format": CACHE_FORMAT,
-        "kind": inv.kind,
+        "kind": listing.kind,
         "size": size,
         "preprocessing_version": PREPROCESSING_VERSION,
-        "exclude": exclude,
-        "excluded_ids": sorted(inv.excluded_ids, key=_natural_key),
-        "grouped_by": inv.grouped_by,
-        "items": [list(t) for t in zip(inv.ids, inv.files, inv.labels, inv.groups or [None] * len(inv.ids), inv.stats)],
+        "exclusions": exclusions,
+        "group_column": group_column,
+        "label_files": listing.label_files,
+        "images": [list(t) for t in listing.images],
+        "unknown_files": listing.unknown_files,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
@@ -619,12 +668,13 @@ def prepare(source: str, *, size: int = IMAGE_SIZE, exclude: bool = True, schedu
     if size not in ALLOWED_SIZES:
         raise UserError(f"--size must be one of {', '.join(map(str, ALLOWED_SIZES))}, got {size}")
     t0 = time.perf_counter()
-    inv = inventory(source, exclude=exclude, group_column=group_column, work_dir=Path(work_dir))
-    fp = fingerprint(inv, size, exclude)
-    cache_dir = cache_root(Path(work_dir)).resolve() / f"{inv.kind}-{size}-{fp[:16]}"
+    listing = scan(source, work_dir=Path(work_dir))
+    fp = fingerprint(listing, size, exclude=exclude, group_column=group_column)
+    cache_dir = cache_root(Path(work_dir)).resolve() / f"{listing.kind}-{size}-{fp[:16]}"
     reused = (cache_dir / "index.json").exists() and \
         json.loads((cache_dir / "index.json").read_text()).get("fingerprint") == fp
     if not reused:
+        inv = inventory(listing, exclude=exclude, group_column=group_column)
         if cache_dir.exists():  # same prefix, different fingerprint (or a foreign dir): replace it
             shutil.rmtree(cache_dir)
         build_cache(inv, fp, size, cache_dir, scheduler, progress=progress)
