@@ -44,6 +44,47 @@ SPLIT_FRACTIONS: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train / val / t
 BATCH_SIZE = 64
 SHUFFLE_BUFFER = 2000
 
+# --- tuning, evaluation, quality gate (training/tune.py, evaluate.py, register.py) --------------
+# One dict per `--profile`. Keys:
+#   search_space          hypermodel name in training.models.SEARCH_SPACES ("paper" = the paper's space)
+#   objective             "val_accuracy" (paper) | "val_auc" | "val_balanced_accuracy" (all maximised)
+#   max_epochs, factor, hyperband_iterations, seed   keras_tuner.Hyperband arguments
+#   patience              EarlyStopping(monitor=objective) patience inside every trial
+#   final_epochs          0 = keep the best trial's checkpoint; N = retrain the best hyperparameters
+#                         from scratch for up to N epochs (EarlyStopping, best weights restored)
+#   class_weight          None | "balanced" (n / (2 * n_class), from the train split)
+#   augment               None | name of a function in training/augment.py (passed to make_dataset)
+#   threshold             "0.5" | "val_balanced_accuracy" (maximise balanced accuracy on validation)
+#   image_size, batch_size
+#   gate_metric, gate_floor   quality gate on the test report (see register.py)
+TUNING_PROFILES: dict[str, dict] = {
+    "paper": {
+        "description": "the paper's Hyperband search (objective val_accuracy, 20 epochs, factor 3)",
+        "search_space": "paper", "objective": "val_accuracy",
+        "max_epochs": 20, "factor": 3, "hyperband_iterations": 1, "seed": SEED, "patience": 3,
+        "final_epochs": 20, "class_weight": None, "augment": None, "threshold": "0.5",
+        "image_size": IMAGE_SIZE, "batch_size": BATCH_SIZE,
+        "gate_metric": "roc_auc", "gate_floor": 0.90,
+    },
+    "smoke": {
+        "description": "tiny search for tests and quick checks (2 trials x 2 epochs)",
+        "search_space": "paper", "objective": "val_accuracy",
+        "max_epochs": 2, "factor": 3, "hyperband_iterations": 1, "seed": SEED, "patience": 1,
+        "final_epochs": 0, "class_weight": None, "augment": None, "threshold": "0.5",
+        "image_size": IMAGE_SIZE, "batch_size": 16,
+        "gate_metric": "roc_auc", "gate_floor": 0.5,
+    },
+}
+TUNING_SUBDIR = "tuning"  # WORK_DIR/tuning/<profile>-<data fingerprint[:12]>/ (keras-tuner project)
+RUNS_SUBDIR = "runs"  # WORK_DIR/runs/<timestamp>-<profile>/ (model.keras, tune.json, evaluation.json, curves)
+IMBALANCE_WARNING_BELOW = 0.3  # minority-class share under which accuracy objectives get a warning
+# The paper's published figures, printed beside ours by `glasses-train experiments`.
+PAPER_RESULTS: dict[str, dict] = {
+    "perceptron": {"accuracy": 0.87, "loss": 0.27},
+    "batchnorm_cnn": {"accuracy": 0.889},
+    "hyperband": {"accuracy": 0.99, "loss": 0.10},
+}
+
 # --- prepare (training/prepare.py) --------------------------------------------------------------
 CACHE_SUBDIR = "cache"  # WORK_DIR/cache/<kind>-<size>-<fingerprint[:16]>/
 CSV_BLOCKSIZE = "16MB"  # dask.dataframe.read_csv partition size (CSV may exceed memory)

@@ -1,0 +1,216 @@
+"""The paper's model ladder and its Keras Tuner search space (backend-neutral Keras 3).
+
+Every builder takes float32 images in [0, 1] of shape (size, size, 3) (the preprocessing contract
+rescales before the model) and returns a compiled binary classifier whose single sigmoid output is
+P(glasses). The builders follow Ghezzi & Limoncini layer by layer:
+
+    perceptron       Reshape -> Dense(1, sigmoid)                                   (paper: 0.87 acc)
+    first CNN        Conv(16,3,relu) MaxPool Conv(32,3,stride 2,relu) MaxPool Flatten Dense(128) Dense(1)
+    dropout CNN      Conv(12) MaxPool Conv(24, stride 2) MaxPool Flatten Dense(128) Dropout(0.4) Dense(1)
+    batch-norm CNN   [Conv(no bias) MaxPool BN(center, no scale) ReLU] x 12/24s2/64s2, Flatten,
+                     Dense(200, no bias) BN ReLU, Dense(1); Adam(0.01), optional 0.01*0.6^epoch decay
+    hypermodel       2-4 x [Conv(12|44, 3|5, same) Pool(max|avg) BN(center, no scale) ReLU], Flatten,
+                     Dense(32..192 step 32, relu), Dense(1, sigmoid); Adam lr {1e-2, 1e-3, 1e-4}
+
+Kernel sizes the paper leaves implicit in the ladder are 3 ("same" padding), pools are 2x2.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import keras
+from keras import layers, ops
+
+from glasses.config import IMAGE_SIZE
+
+# The paper's best Hyperband model (3 conv layers 12/44/44, kernels 5/3/3, max pooling, dense 96).
+PAPER_BEST_HYPERPARAMETERS: dict[str, object] = {
+    "conv_layers": 3,
+    "filters_0": 12, "kernel_size_0": 5, "pooling_0": "max",
+    "filters_1": 44, "kernel_size_1": 3, "pooling_1": "max",
+    "filters_2": 44, "kernel_size_2": 3, "pooling_2": "max",
+    "units": 96,
+    "learning_rate": 1e-3,
+}
+PAPER_BEST_PARAMS = 1_105_013
+
+
+@keras.saving.register_keras_serializable(package="glasses")
+class BalancedAccuracy(keras.metrics.Metric):
+    """(recall of glasses + recall of no_glasses) / 2 at a fixed threshold; cheap, streaming."""
+
+    def __init__(self, threshold: float = 0.5, name: str = "balanced_accuracy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.threshold = threshold
+        self.counts = self.add_variable(shape=(4,), initializer="zeros", name="counts")  # tp fn tn fp
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true = ops.reshape(ops.cast(y_true, "float32"), (-1,))
+        pred = ops.cast(ops.reshape(y_pred, (-1,)) >= self.threshold, "float32")
+        pos, neg = y_true, 1.0 - y_true
+        self.counts.assign_add(
+            ops.stack([ops.sum(pos * pred), ops.sum(pos * (1 - pred)), ops.sum(neg * (1 - pred)), ops.sum(neg * pred)])
+        )
+
+    def result(self):
+        tp, fn, tn, fp = self.counts[0], self.counts[1], self.counts[2], self.counts[3]
+        tpr = ops.divide_no_nan(tp, tp + fn)
+        tnr = ops.divide_no_nan(tn, tn + fp)
+        return (tpr + tnr) / 2.0
+
+    def reset_state(self):
+        self.counts.assign(ops.zeros((4,)))
+
+    def get_config(self):
+        return {**super().get_config(), "threshold": self.threshold}
+
+
+def training_metrics() -> list[keras.metrics.Metric]:
+    """Metrics every model is compiled with; the tuner objective must be one of val_<name>."""
+    return [
+        keras.metrics.BinaryAccuracy(name="accuracy"),
+        keras.metrics.AUC(name="auc"),
+        BalancedAccuracy(name="balanced_accuracy"),
+    ]
+
+
+def compile_binary(model: keras.Model, learning_rate: float = 1e-3) -> keras.Model:
+    """Adam + binary cross-entropy + the standard metrics (what the paper compiles with)."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss="binary_crossentropy",
+        metrics=training_metrics(),
+    )
+    return model
+
+
+def _input(size: int) -> keras.Input:
+    return keras.Input(shape=(size, size, 3), name="image")
+
+
+def build_perceptron(size: int = IMAGE_SIZE) -> keras.Model:
+    """Reshape -> Dense(1, sigmoid): logistic regression on raw pixels."""
+    inputs = _input(size)
+    x = layers.Reshape((size * size * 3,))(inputs)
+    outputs = layers.Dense(1, activation="sigmoid")(x)
+    return compile_binary(keras.Model(inputs, outputs, name="perceptron"))
+
+
+def build_first_cnn(size: int = IMAGE_SIZE) -> keras.Model:
+    """The paper's first CNN: two conv/pool blocks, Dense(128)."""
+    inputs = _input(size)
+    x = layers.Conv2D(16, 3, padding="same", activation="relu")(inputs)
+    x = layers.MaxPooling2D()(x)
+    x = layers.Conv2D(32, 3, strides=2, padding="same", activation="relu")(x)
+    x = layers.MaxPooling2D()(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(128, activation="relu")(x)
+    outputs = layers.Dense(1, activation="sigmoid")(x)
+    return compile_binary(keras.Model(inputs, outputs, name="first_cnn"))
+
+
+def build_dropout_cnn(size: int = IMAGE_SIZE) -> keras.Model:
+    """The first CNN made leaner (12/24 filters) with Dropout(0.4) before the output."""
+    inputs = _input(size)
+    x = layers.Conv2D(12, 3, padding="same", activation="relu")(inputs)
+    x = layers.MaxPooling2D()(x)
+    x = layers.Conv2D(24, 3, strides=2, padding="same", activation="relu")(x)
+    x = layers.MaxPooling2D()(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(128, activation="relu")(x)
+    x = layers.Dropout(0.4)(x)
+    outputs = layers.Dense(1, activation="sigmoid")(x)
+    return compile_binary(keras.Model(inputs, outputs, name="dropout_cnn"))
+
+
+def build_batchnorm_cnn(size: int = IMAGE_SIZE) -> keras.Model:
+    """Conv(no bias) -> MaxPool -> BatchNorm(center, no scale) -> ReLU, x3; Dense(200) BN ReLU; Adam(0.01).
+
+    The optional LR decay 0.01 * 0.6**epoch is a callback: `lr_decay_callback()`.
+    """
+    inputs = _input(size)
+    x = inputs
+    for filters, strides in ((12, 1), (24, 2), (64, 2)):
+        x = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False)(x)
+        x = layers.MaxPooling2D()(x)
+        x = layers.BatchNormalization(center=True, scale=False)(x)
+        x = layers.Activation("relu")(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(200, use_bias=False)(x)
+    x = layers.BatchNormalization(center=True, scale=False)(x)
+    x = layers.Activation("relu")(x)
+    outputs = layers.Dense(1, activation="sigmoid")(x)
+    return compile_binary(keras.Model(inputs, outputs, name="batchnorm_cnn"), learning_rate=0.01)
+
+
+def lr_decay(epoch: int, lr: float | None = None) -> float:
+    """The paper's learning-rate decay for the batch-norm CNN: 0.01 * 0.6**epoch."""
+    return 0.01 * 0.6**epoch
+
+
+def lr_decay_callback() -> keras.callbacks.Callback:
+    """LearningRateScheduler applying `lr_decay`."""
+    return keras.callbacks.LearningRateScheduler(lr_decay)
+
+
+def build_paper_hypermodel(hp, size: int = IMAGE_SIZE) -> keras.Model:
+    """The paper's Hyperband search space (hp: keras_tuner.HyperParameters)."""
+    inputs = _input(size)
+    x = inputs
+    for i in range(hp.Int("conv_layers", 2, 4)):
+        x = layers.Conv2D(
+            hp.Int(f"filters_{i}", 12, 64, step=32),  # 12 or 44
+            hp.Choice(f"kernel_size_{i}", [3, 5]),
+            padding="same",
+        )(x)
+        if hp.Choice(f"pooling_{i}", ["max", "avg"]) == "max":
+            x = layers.MaxPooling2D(pool_size=2)(x)
+        else:
+            x = layers.AveragePooling2D(pool_size=2)(x)
+        x = layers.BatchNormalization(center=True, scale=False)(x)
+        x = layers.Activation("relu")(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(hp.Int("units", 32, 200, step=32), activation="relu")(x)
+    outputs = layers.Dense(1, activation="sigmoid")(x)
+    model = keras.Model(inputs, outputs, name="hypermodel")
+    return compile_binary(model, learning_rate=hp.Choice("learning_rate", [1e-2, 1e-3, 1e-4]))
+
+
+# Search spaces a tuning profile can name with `search_space`; add new hypermodels here.
+SEARCH_SPACES: dict[str, Callable] = {
+    "paper": build_paper_hypermodel,
+}
+
+# The ladder, in the paper's order: name -> (builder, uses LR decay).
+LADDER: dict[str, tuple[Callable[[int], keras.Model], bool]] = {
+    "perceptron": (build_perceptron, False),
+    "first_cnn": (build_first_cnn, False),
+    "dropout_cnn": (build_dropout_cnn, False),
+    "batchnorm_cnn": (build_batchnorm_cnn, False),
+    "batchnorm_cnn_lr_decay": (build_batchnorm_cnn, True),
+}
+
+
+def hypermodel_for(search_space: str, size: int = IMAGE_SIZE) -> Callable:
+    """The `build(hp)` function for a named search space at a given image size."""
+    try:
+        builder = SEARCH_SPACES[search_space]
+    except KeyError:
+        raise ValueError(f"unknown search space {search_space!r}; known: {', '.join(SEARCH_SPACES)}") from None
+
+    def build(hp):
+        return builder(hp, size=size)
+
+    return build
+
+
+def build_from_hyperparameters(values: dict, search_space: str = "paper", size: int = IMAGE_SIZE) -> keras.Model:
+    """Rebuild (untrained) the model a set of hyperparameter values describes."""
+    import keras_tuner as kt
+
+    hp = kt.HyperParameters()
+    for name, value in values.items():
+        if not name.startswith("tuner/"):
+            hp.values[name] = value
+    return hypermodel_for(search_space, size)(hp)
