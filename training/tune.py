@@ -364,6 +364,7 @@ def tune(
         project_name=project_dir.name,
         overwrite=False,
     )
+    resumed = Path(tuner._get_tuner_fname()).exists() and bool(tuner.oracle.trials)
     print(f"[tune] {role} search, profile {profile['name']}, objective {objective}, project {project_dir}",
           flush=True)
     early = keras.callbacks.EarlyStopping(monitor=objective, mode="max", patience=profile["patience"])
@@ -422,7 +423,10 @@ def tune(
         "data_source": manifest.get("source"),
         "image_size": size,
         "params": int(model.count_params()),
+        # trials may have run in an earlier (resumed) invocation or in parallel on workers:
+        "trials_time_total_s": round(sum(t.get("wall_time_s", 0.0) for t in result.trials), 3),
         "training_wall_time_s": round(search_wall + result.final_fit_wall_time_s, 3),
+        "resumed": resumed,
     }
     (run_dir / "tune.json").write_text(json.dumps(summary, indent=2, default=str))
     print(f"[tune] search {search_wall:.1f}s + final model {result.final_fit_wall_time_s:.1f}s; "

@@ -1,0 +1,108 @@
+"""Run: the whole offline pipeline in one command: prepare -> tune -> evaluate -> register (+ promote).
+
+    glasses-train run --source folders:../shared/data/celeba-glasses --profile smoke
+
+prints where every artefact went (cache + manifest, tuner project, run directory with model,
+report and learning curves, registry tag). A distributed search runs the same command everywhere
+(see training/tune.py); workers stop after their trials, the chief evaluates and registers.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from glasses.config import TUNING_PROFILES, WORK_DIR
+from training.cli import UserError
+
+
+def run(
+    source: str,
+    profile: str = "paper",
+    *,
+    size: int | None = None,
+    fresh: bool = False,
+    force: bool = False,
+    promote: bool = True,
+    work_dir: str | Path = WORK_DIR,
+    scheduler: str | None = None,
+) -> dict:
+    """prepare -> tune -> evaluate -> register; returns {stage: artefact} (paths, tag, metrics)."""
+    from glasses import registry
+    from training.evaluate import evaluate_run, format_metrics
+    from training.prepare import prepare
+    from training.register import register
+    from training.tune import get_profile, tune
+
+    work_dir = Path(work_dir)
+    config = get_profile(profile)
+    size = size or config["image_size"]
+    started = time.monotonic()
+    out: dict = {"profile": profile}
+
+    print(f"== prepare {source} ({size}px)", flush=True)
+    data = prepare(source, size=size, scheduler=scheduler, work_dir=work_dir)
+    counts = {split: sum(c.values()) for split, c in data.counts.items()}
+    print(f"   manifest {data.manifest_path} ({'reused' if data.reused else 'built'}; {counts}; "
+          f"{len(data.skipped)} skipped)", flush=True)
+    out["manifest"] = str(data.manifest_path)
+
+    print(f"== tune (profile {profile})", flush=True)
+    result = tune(data.manifest_path, config, fresh=fresh, work_dir=work_dir)
+    out["tuner_dir"] = str(result.project_dir)
+    if result.role == "worker":
+        print(f"   worker finished its trials; the chief evaluates and registers ({time.monotonic() - started:.0f}s)")
+        return out
+    out["run_dir"] = str(result.run_dir)
+    out["model"] = str(result.model_path)
+
+    print("== evaluate (test split)", flush=True)
+    report = evaluate_run(result.run_dir)
+    print(f"   {format_metrics(report['metrics'])}", flush=True)
+    print(f"   threshold {report['threshold']['value']:.4f}: {report['threshold']['method']}", flush=True)
+    out["report"] = report.get("report_path")
+    out["learning_curves"] = report.get("learning_curves")
+    out["metrics"] = report["metrics"]
+
+    print("== register", flush=True)
+    try:
+        reg = register(result.run_dir, force=force, promote=promote)
+    except UserError:
+        _print_artefacts(out, started)
+        raise
+    out["tag"] = reg.tag
+    out["promoted"] = reg.promoted
+    out["store"] = str(registry.bentoml_home())
+    print(f"   {reg.gate.reason}{' (FORCED)' if reg.forced else ''}", flush=True)
+    _print_artefacts(out, started)
+    return out
+
+
+def _print_artefacts(out: dict, started: float) -> None:
+    print("== artefacts")
+    for key in ("manifest", "tuner_dir", "run_dir", "model", "report", "learning_curves", "store", "tag"):
+        if out.get(key):
+            print(f"   {key:<16} {out[key]}")
+    if "promoted" in out:
+        print(f"   {'promoted':<16} {'yes' if out['promoted'] else 'no'}")
+    print(f"   {'wall time':<16} {time.monotonic() - started:.1f}s", flush=True)
+
+
+def add_cli(subparsers) -> None:
+    """`glasses-train run --source SRC [--profile P] [--fresh] [--force] [--no-promote]`."""
+    p = subparsers.add_parser("run", help="prepare -> tune -> evaluate -> register, in one command")
+    p.add_argument("--source", required=True, help="kaggle | kaggle-dir:PATH | folders:PATH")
+    p.add_argument("--profile", default="paper", choices=sorted(TUNING_PROFILES))
+    p.add_argument("--size", type=int, default=None, help="image side (default: the profile's)")
+    p.add_argument("--fresh", action="store_true", help="restart the search instead of resuming it")
+    p.add_argument("--force", action="store_true", help="register even if the quality gate refuses")
+    p.add_argument("--no-promote", action="store_true", help="register without promoting")
+    p.add_argument("--work-dir", type=Path, default=WORK_DIR)
+    p.add_argument("--scheduler", default=None, help="dask scheduler for prepare (see prepare --help)")
+    p.set_defaults(func=_cli)
+
+
+def _cli(args) -> int:
+    run(args.source, args.profile, size=args.size, fresh=args.fresh, force=args.force,
+        promote=not args.no_promote, work_dir=args.work_dir, scheduler=args.scheduler)
+    return 0
