@@ -9,6 +9,7 @@ never share a process with TensorFlow.
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,7 +70,7 @@ def generate_images(out_dir: Path, counts: dict[str, int] | None = None, seed: i
             img = synthetic_face(width, height, rng, glasses=bool(i % 2))  # draw even when cached: same stream
             path = out_dir / kind / f"face-{i:03d}{suffix}"
             if not path.exists():
-                tmp = path.with_suffix(".tmp")
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")  # concurrent generators never share a file
                 tmp.write_bytes(encode(img, fmt))
                 tmp.replace(path)
     return out_dir

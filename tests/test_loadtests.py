@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email.parser
 import io
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +13,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from glasses.config import BUNDLED_MODEL_FILE
 from glasses.preprocessing import ImageDecodeError, decode
 from loadtests.images import bad_uploads, generate_images, load_images, multipart_body
 from loadtests.run import memory_report
+from loadtests.server import free_port
 from loadtests.slo import SLO, check, main as slo_main, read_stats
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -146,3 +149,51 @@ def test_memory_report_measures_growth_after_warmup() -> None:
     assert (report["rss_ready_mb"], report["rss_start_mb"], report["rss_end_mb"], report["rss_peak_mb"]) == (
         500, 800, 880, 880)
     assert report["growth"] == pytest.approx(0.10)
+
+
+# --- the runner ----------------------------------------------------------------------------------
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
+    env.pop("GLASSES_MODEL", None)
+    return env
+
+
+def test_runner_fails_when_the_service_fails(tmp_path: Path) -> None:
+    """Nothing listens on the port: every request fails, so the runner must report a breach (exit 1)."""
+    cmd = [sys.executable, "-m", "loadtests", "--host", f"http://127.0.0.1:{free_port()}", "--run-time", "2",
+           "--out", str(tmp_path)]
+    run = subprocess.run(cmd, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "SLO BREACHED: /predict: failure ratio 1.0000" in run.stdout
+    assert (tmp_path / "short_stats.csv").exists() and (tmp_path / "short.html").exists()
+
+
+def test_runner_refuses_a_missing_image_folder(tmp_path: Path) -> None:
+    run = subprocess.run([sys.executable, "-m", "loadtests", "--images", str(tmp_path / "nope")], cwd=REPO_ROOT,
+                         env=_env(), capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert run.stderr.strip() == f"loadtests: image folder {tmp_path / 'nope'} does not exist"
+
+
+@pytest.mark.loadtest
+def test_short_profile_meets_its_slos_against_a_real_server(tmp_path: Path) -> None:
+    """`python -m loadtests` starts `bentoml serve` on a free port, runs ~20 s of mixed locust load
+    (single, batch, bad uploads, readyz) and checks the SLOs; then the same real CSV breaches a tight SLO."""
+    home = tmp_path / "bentoml"
+    if not BUNDLED_MODEL_FILE.exists():  # with the bundled default an empty store serves it
+        from _service import register_model
+
+        register_model(home)
+    home.mkdir(exist_ok=True)
+    out = tmp_path / "reports"
+    run = subprocess.run([sys.executable, "-m", "loadtests", "--profile", "short", "--out", str(out)],
+                         cwd=REPO_ROOT, env=_env(BENTOML_HOME=str(home)), capture_output=True, text=True, timeout=400)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "SLO: met" in run.stdout and "server RSS: ready" in run.stdout
+    stats = {s.name: s for s in read_stats(out / "short_stats.csv")}
+    for name in ("/predict", "/predict_batch", "/predict [bad upload -> 4xx]", "/readyz"):
+        assert stats[name].requests > 0 and stats[name].failures == 0, (name, stats[name])
+    assert stats["/predict"].requests > stats["/predict [bad upload -> 4xx]"].requests
+    assert (out / "short.html").stat().st_size > 10_000
+    assert slo_main([str(out / "short_stats.csv"), "--p95-ms", "1", "--p99-ms", "1"]) == 1
