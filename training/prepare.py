@@ -58,6 +58,7 @@ from training.cli import UserError
 SPLITS = ("train", "val", "test")
 CACHE_FORMAT = 1
 SPLIT_VERSION = "greedy-running-target-v1"  # bump when split_assignments changes (manifests are rewritten)
+SCHEDULER_TIMEOUT = "10s"  # connecting to a dask.distributed scheduler
 LOCAL_SCHEDULERS = ("threads", "processes", "synchronous", "sync", "single-threaded")
 _FACE_RE = re.compile(r"^face-(\d+)\.png$", re.IGNORECASE)
 
@@ -291,7 +292,7 @@ def scan_folders(path: str) -> Scan:
                   if d.is_dir() and d.name.lower() in FOLDER_ALIASES]
     found = {cls for _, cls in class_dirs}
     if found != set(CLASS_NAMES):
-        missing = ", ".join(f"{c}/" for c in CLASS_NAMES if c not in found)
+        missing = " or ".join(f"{c}/" for c in sorted(CLASS_NAMES) if c not in found)
         raise UserError(f"{root} has no {missing} folder (folders: needs glasses/ and no_glasses/)")
     scan = Scan(kind="folders", root=root, source=f"folders:{root}", images=[], label_files={})
     for d, cls in class_dirs:
@@ -468,7 +469,7 @@ def _compute_distributed(tasks: list, address: str, *, progress: bool) -> list:
     from distributed import Client
 
     try:
-        client = Client(address, timeout="10s", set_as_default=False)
+        client = Client(address, timeout=SCHEDULER_TIMEOUT, set_as_default=False)
     except (OSError, TimeoutError) as exc:
         raise UserError(f"cannot reach the dask scheduler at {address}: {exc}") from None
     try:
