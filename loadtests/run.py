@@ -42,20 +42,26 @@ class LocustRun:
 
 def run_locust(host: str, out_dir: Path, name: str, users: int, spawn_rate: float, run_time: float,
                think_ms: float, images: Path | None = None, user_classes: tuple[str, ...] = (),
-               html: bool = True) -> LocustRun:
-    """Run locust headless in a subprocess (gevent and TensorFlow must not share a process)."""
+               html: bool = True, stop_timeout: float = 30.0) -> LocustRun:
+    """Run locust headless in a subprocess (gevent and TensorFlow must not share a process).
+
+    At the time limit users finish their in-flight request (up to `stop_timeout` s) instead of being
+    killed: those requests are counted, and the server is left with no backlog of abandoned work.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     prefix = out_dir / name
     cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
            "--host", host, "-u", str(users), "-r", str(spawn_rate), "-t", f"{run_time:g}s",
-           "--csv", str(prefix), "--think-ms", str(think_ms), "--loglevel", "WARNING"]
+           "--csv", str(prefix), "--think-ms", str(think_ms), "--stop-timeout", f"{stop_timeout:g}",
+           "--loglevel", "WARNING"]
     if html:
         cmd += ["--html", f"{prefix}.html"]
     if images:
         cmd += ["--images", str(images)]
     cmd += list(user_classes)
     with open(f"{prefix}.log", "w") as log:
-        proc = subprocess.run(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, timeout=run_time + 120)
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                              timeout=run_time + stop_timeout + 120)
     generator_file = Path(f"{prefix}_generator.json")
     generator = json.loads(generator_file.read_text()) if generator_file.exists() else {}
     return LocustRun(proc.returncode, prefix, generator)
