@@ -32,8 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from glasses.config import (BUNDLED_MODEL_FILE, CLASS_MAP, DEFAULT_THRESHOLD, IMAGE_SIZE, LOADTEST_DIR,
-                            MODEL_NAME, SEED)
+from glasses.config import BUNDLED_MODEL_FILE, CLASS_MAP, DEFAULT_THRESHOLD, IMAGE_SIZE, LOADTEST_DIR, SEED
 from loadtests.images import generate_images, load_images
 from loadtests.run import run_locust
 from loadtests.server import Server, bentoml_command, free_port
@@ -47,8 +46,6 @@ CEILING_BATCH = 64
 def register_model(home: Path) -> tuple[str, Path, str]:
     """Register the benchmark's model into the store at `home`: (tag, model.keras path, description)."""
     os.environ["BENTOML_HOME"] = str(home)  # before bentoml is first imported in this process
-    import bentoml
-
     from glasses import preprocessing, registry
 
     if BUNDLED_MODEL_FILE.exists():
@@ -57,15 +54,14 @@ def register_model(home: Path) -> tuple[str, Path, str]:
         import keras
 
         from training.models import PAPER_BEST_HYPERPARAMETERS, build_from_hyperparameters
+        from training.register import save_to_store
 
         keras.utils.set_random_seed(SEED)
         model = build_from_hyperparameters(PAPER_BEST_HYPERPARAMETERS)
         metadata = {"image_size": IMAGE_SIZE, "preprocessing_version": preprocessing.PREPROCESSING_VERSION,
                     "class_map": CLASS_MAP, "threshold": DEFAULT_THRESHOLD,
                     "hyperparameters": PAPER_BEST_HYPERPARAMETERS, "data_source": "none (seeded weights, benchmark)"}
-        with bentoml.models.create(MODEL_NAME, labels={"stage": "benchmark"}, metadata=metadata) as ctx:
-            model.save(ctx.path_of("model.keras"))
-            tag = str(ctx.tag)
+        tag = save_to_store(model, metadata=metadata, labels={"stage": "benchmark"})
         source = f"paper's best CNN ({model.count_params():,} params), seeded weights"
     return tag, Path(registry.get_model(tag).path_of("model.keras")), source
 

@@ -22,6 +22,7 @@ import psutil
 from glasses.config import REPO_ROOT
 
 HOST = "127.0.0.1"
+QUIET_ENV = {"BENTOML_DO_NOT_TRACK": "True", "TF_CPP_MIN_LOG_LEVEL": "2"}  # no usage tracking, less TF noise
 
 
 class ServerError(RuntimeError):
@@ -48,7 +49,7 @@ class Server:
         self.url = f"http://{HOST}:{port}"
         self.command = command
         self._log = tempfile.NamedTemporaryFile(prefix="glasses-server-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen(command, cwd=cwd, env={**os.environ, **(env or {})}, stdout=self._log,
+        self.proc = subprocess.Popen(command, cwd=cwd, env={**os.environ, **QUIET_ENV, **(env or {})}, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         try:
             self._wait_ready(ready_path, timeout)
