@@ -1,0 +1,105 @@
+"""Helpers for the training-area tests (tune, evaluate, register, run): tiny data, private stores.
+
+The tiny dataset is the data pipeline's own synthetic faces (tests/_fixtures.py: dark glasses bar
+or not) at 64 px, prepared once per test session through the real `prepare` stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+TINY_SIZE = 64
+
+
+def tiny_source(base: Path) -> Path:
+    """A folders: source of 64 synthetic faces (24 with glasses), made once under `base`."""
+    from _fixtures import make_folders
+
+    root = base / "tiny-faces"
+    if not (root / "labels.csv").exists():
+        make_folders(root, n_glasses=24, n_no_glasses=40, persons=16, image_size=64)
+    return root
+
+
+def tiny_manifest(base: Path) -> Path:
+    """The tiny source prepared at 64 px in base/work (cache reused across calls)."""
+    from training.prepare import prepare
+
+    root = tiny_source(base)
+    return prepare(f"folders:{root}", size=TINY_SIZE, work_dir=base / "work", progress=False).manifest_path
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (bind to port 0)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """Environment for a `glasses-train` subprocess: quiet TF, repo importable, no stray KERASTUNER_*."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KERASTUNER_")}
+    env.update({"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"})
+    env.update(extra)
+    return env
+
+
+def glasses_train(args: list[str], *, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `python -m training ARGS` to completion; output captured as text."""
+    return subprocess.run([PYTHON, "-m", "training", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@contextlib.contextmanager
+def private_store(home: Path):
+    """Point BentoML's model store (already configured in this process or not) and BENTOML_HOME at `home`."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.models import ModelStore
+
+    (home / "models").mkdir(parents=True, exist_ok=True)
+    old = os.environ.get("BENTOML_HOME")
+    os.environ["BENTOML_HOME"] = str(home)
+    try:
+        with BentoMLContainer.model_store.patch(ModelStore(str(home / "models"))):
+            yield home
+    finally:
+        if old is None:
+            os.environ.pop("BENTOML_HOME", None)
+        else:
+            os.environ["BENTOML_HOME"] = old
+
+
+def write_run_dir(run_dir: Path, model, manifest: Path, *, profile: str = "smoke", metrics: dict | None = None) -> Path:
+    """A run directory as `tune` + `evaluate` leave it, for a given (untuned) model.
+
+    tune.json is written from the real profile; evaluation.json comes from the real `evaluate`,
+    with `metrics` entries overriding the measured ones when a test needs exact gate values.
+    """
+    from training.data import manifest_hash, read_manifest
+    from training.evaluate import REPORT_FILE, evaluate
+    from training.tune import get_profile
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model.save(run_dir / "model.keras")
+    info = read_manifest(manifest)
+    summary = {
+        "role": "local", "profile": profile, "objective": "val_accuracy",
+        "best_hyperparameters": {"units": 32}, "best_trial_id": "0000", "best_score": 0.5, "trials": [],
+        "profile_config": get_profile(profile), "manifest_path": str(manifest), "manifest_hash": manifest_hash(manifest),
+        "data_fingerprint": info["fingerprint"], "data_source": info.get("source"), "image_size": info["size"],
+        "params": int(model.count_params()), "training_wall_time_s": 1.0, "search_wall_time_s": 1.0,
+    }
+    (run_dir / "tune.json").write_text(json.dumps(summary))
+    report = evaluate(model, manifest, out_dir=run_dir)
+    if metrics:
+        report["metrics"].update(metrics)
+        (run_dir / REPORT_FILE).write_text(json.dumps(report))
+    return run_dir

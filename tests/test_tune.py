@@ -1,0 +1,136 @@
+"""Hyperband tuning: smoke search, resume after a kill, failing trials, tensorboard, distributed search."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import pytest
+
+from training import models, tune as tune_mod
+from training.cli import UserError
+from training.tune import HISTORY_FILE, TRIAL_FILE, get_profile, tune
+
+from _training import PYTHON, REPO, cli_env, free_port, glasses_train, tiny_manifest
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory) -> Path:
+    return tiny_manifest(tmp_path_factory.getbasetemp())
+
+
+def trial_files(project: Path, name: str) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(project.glob(f"trial_*/{name}"))}
+
+
+def test_interrupted_smoke_search_resumes_where_it_stopped(manifest, tmp_path):
+    """Kill a smoke search after its first trial; the same call resumes, runs only the missing trial."""
+    work = tmp_path / "work"
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "training", "tune", "--manifest", str(manifest), "--profile", "smoke", "--work-dir", str(work)],
+        cwd=REPO, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    seen = []
+    try:
+        deadline = time.monotonic() + 240
+        for line in proc.stdout:
+            seen.append(line)
+            if "[tune] trial 0000 COMPLETED" in line or time.monotonic() > deadline:
+                break
+        proc.send_signal(signal.SIGKILL)  # a crash, not a polite stop
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert any("[tune] trial 0000 COMPLETED" in line for line in seen), "".join(seen[-20:])
+    (project,) = (work / "tuning").iterdir()
+    first = trial_files(project, TRIAL_FILE)
+    assert list(first) == ["trial_0000"]
+
+    result = tune(manifest, "smoke", work_dir=work, verbose=0)
+
+    assert [t["status"] for t in result.trials] == ["COMPLETED", "COMPLETED"]
+    after = trial_files(project, TRIAL_FILE)
+    assert after["trial_0000"] == first["trial_0000"]  # not run again
+    assert set(after) == {"trial_0000", "trial_0001"}
+    assert all(t["wall_time_s"] > 0 for t in result.trials)
+    assert result.best_trial_id in ("0000", "0001")
+    assert result.best_score == max(t["score"] for t in result.trials)
+    summary = json.loads((result.run_dir / "tune.json").read_text())
+    assert summary["resumed"] is True
+    assert summary["profile_config"]["max_epochs"] == 2 and summary["objective"] == "val_accuracy"
+    hist = json.loads((result.run_dir / "history.json").read_text())
+    assert {"loss", "val_loss", "accuracy", "val_accuracy", "val_auc"} <= set(hist)
+    assert 1 <= len(hist["loss"]) <= 2
+    model = keras.saving.load_model(result.run_dir / "model.keras", compile=False)
+    assert model.input_shape == (None, 64, 64, 3)
+
+    # A finished search resumes into "nothing to do" and the same best trial.
+    again = tune(manifest, "smoke", work_dir=work, verbose=0)
+    assert again.best_trial_id == result.best_trial_id
+    assert trial_files(project, TRIAL_FILE) == after
+
+    # Changing the search settings without --fresh is refused (one line, names the setting).
+    with pytest.raises(UserError, match="patience.*--fresh"):
+        tune(manifest, get_profile("smoke", patience=5), work_dir=work, verbose=0)
+
+
+def test_failing_trials_fail_loudly(manifest, tmp_path, monkeypatch):
+    """A search space whose models cannot train: keras-tuner returns normally, tune() must not."""
+    def broken(hp, size):  # wrong input size: every fit raises
+        return models.build_paper_hypermodel(hp, size=size + 8)
+
+    monkeypatch.setitem(models.SEARCH_SPACES, "broken", broken)
+    profile = get_profile("smoke", search_space="broken")
+    with pytest.raises(UserError, match=r"2 of 2 trials failed \(trial 0000: .*"):
+        tune(manifest, profile, work_dir=tmp_path, verbose=0)
+
+
+def test_missing_tensorboard_is_caught_before_and_after_search(manifest, tmp_path, monkeypatch):
+    """Without tensorboard every trial fails inside keras-tuner: refused up front, and caught after."""
+    monkeypatch.setitem(sys.modules, "tensorboard.plugins.hparams", None)
+    monkeypatch.setitem(sys.modules, "tensorboard.plugins.hparams.api", None)
+    with pytest.raises(UserError, match="tensorboard is not importable"):
+        tune(manifest, "smoke", work_dir=tmp_path / "a", verbose=0)
+    # Even with the pre-flight check skipped, the failed trials are detected after the search.
+    monkeypatch.setattr(tune_mod, "check_tensorboard", lambda: None)
+    with pytest.raises(UserError, match="trials failed.*tensorboard|trials failed.*import"):
+        tune(manifest, "smoke", work_dir=tmp_path / "b", verbose=0)
+
+
+def test_distributed_smoke_search_chief_and_one_worker(manifest, tmp_path):
+    """Keras Tuner's chief/worker protocol over gRPC on 127.0.0.1: the worker runs the trials."""
+    work = tmp_path / "work"
+    port = str(free_port())
+    args = ["tune", "--manifest", str(manifest), "--profile", "smoke", "--work-dir", str(work)]
+    common = {"KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": port}
+    chief = subprocess.Popen([PYTHON, "-m", "training", *args], cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, env=cli_env(KERASTUNER_TUNER_ID="chief", **common))
+    worker = subprocess.Popen([PYTHON, "-m", "training", *args], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env=cli_env(KERASTUNER_TUNER_ID="tuner0", **common))
+    try:
+        worker_out, _ = worker.communicate(timeout=300)
+        chief_out, _ = chief.communicate(timeout=120)
+    finally:
+        for p in (chief, worker):
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=30)
+    assert worker.returncode == 0, worker_out[-3000:]
+    assert chief.returncode == 0, chief_out[-3000:]
+    assert "worker tuner0 done" in worker_out
+    assert "[tune] chief search" in chief_out and "run directory:" in chief_out
+    (project,) = (work / "tuning").iterdir()
+    timings = trial_files(project, TRIAL_FILE)
+    assert len(timings) == 2 and {t["tuner_id"] for t in timings.values()} == {"tuner0"}
+    assert len(trial_files(project, HISTORY_FILE)) == 2
+    run_dir = Path(chief_out.split("run directory:")[1].split()[0])
+    summary = json.loads((run_dir / "tune.json").read_text())
+    assert summary["role"] == "chief"
+    assert [t["status"] for t in summary["trials"]] == ["COMPLETED", "COMPLETED"]
+    assert (run_dir / "model.keras").exists()
