@@ -43,7 +43,10 @@ def _read_pointer() -> dict:
 
 def list_models() -> list[bentoml.Model]:
     """All registered versions, newest first."""
-    models = bentoml.models.list(MODEL_NAME)
+    try:
+        models = bentoml.models.list(MODEL_NAME)
+    except bentoml.exceptions.NotFound:  # raised (not []) while no version of the name exists
+        return []
     return sorted(models, key=lambda m: m.info.creation_time, reverse=True)
 
 

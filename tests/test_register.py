@@ -1,0 +1,142 @@
+"""Registry: quality gate, atomic save, lineage metadata, same predictions after loading, export/import."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import bentoml
+import keras
+import numpy as np
+import pytest
+
+from glasses import registry
+from glasses.config import MODEL_NAME
+from glasses.preprocessing import PREPROCESSING_VERSION
+from training.cli import UserError, main
+from training.data import load_split, manifest_hash
+from training.register import check_gate, export_version, import_version, register, save_to_store
+
+from _training import REPO, private_store, tiny_manifest, write_run_dir
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory) -> Path:
+    return tiny_manifest(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture()
+def store(tmp_path):
+    with private_store(tmp_path / "bentoml") as home:
+        yield home
+
+
+def small_model(seed: int) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((64, 64, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
+
+
+def test_registered_model_predicts_like_the_original_and_records_lineage(store, manifest, tmp_path):
+    model = small_model(1)
+    run = write_run_dir(tmp_path / "run", model, manifest, metrics={"roc_auc": 0.8})
+    result = register(run)
+    assert result.promoted and registry.promoted_tag() == result.tag and not result.forced
+
+    stored = bentoml.models.get(result.tag)
+    x, _ = load_split(manifest, "test")
+    x = x.astype("float32") / 255.0
+    reloaded = keras.saving.load_model(stored.path_of("model.keras"), compile=False)
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6, atol=1e-7)
+
+    meta = stored.info.metadata
+    for key in ("metrics", "hyperparameters", "tuner", "data_source", "data_fingerprint", "split_manifest_hash",
+                "image_size", "preprocessing_version", "class_map", "threshold", "threshold_method",
+                "training_wall_time_s", "library_versions", "git_commit"):
+        assert key in meta, key
+    assert meta["split_manifest_hash"] == manifest_hash(manifest)
+    assert meta["class_map"] == {"no_glasses": 0, "glasses": 1}
+    assert meta["preprocessing_version"] == PREPROCESSING_VERSION and meta["image_size"] == 64
+    assert meta["tuner"]["profile"] == "smoke" and meta["tuner"]["objective"] == "val_accuracy"
+    assert {"keras", "bentoml", "python"} <= set(meta["library_versions"])
+    assert meta["metrics"]["confusion_matrix"]["matrix"]
+    assert stored.info.labels["forced"] == "false"
+
+
+def test_quality_gate_floor_promoted_model_and_force(store, manifest, tmp_path):
+    first = register(write_run_dir(tmp_path / "a", small_model(1), manifest, metrics={"roc_auc": 0.90}))
+
+    # below the profile's floor (smoke: roc_auc 0.5)
+    with pytest.raises(UserError, match="below the floor"):
+        register(write_run_dir(tmp_path / "b", small_model(2), manifest, metrics={"roc_auc": 0.40}))
+    # above the floor but below the promoted model on the same test manifest
+    worse = write_run_dir(tmp_path / "c", small_model(3), manifest, metrics={"roc_auc": 0.85})
+    with pytest.raises(UserError, match=f"below the promoted {first.tag}"):
+        register(worse)
+    assert [str(m.tag) for m in registry.list_models()] == [first.tag]  # refused = nothing stored
+    # --force overrides, is recorded, and the forced model is promoted
+    forced = register(worse, force=True)
+    assert forced.forced and registry.promoted_tag() == forced.tag
+    assert bentoml.models.get(forced.tag).info.labels["forced"] == "true"
+    # a different test manifest is not comparable: only the floor applies
+    decision = check_gate({"roc_auc": 0.6}, "another-manifest-hash", metric="roc_auc", floor=0.5)
+    assert decision.passed and decision.promoted_value is None
+    # a better model passes and becomes promoted
+    better = register(write_run_dir(tmp_path / "d", small_model(4), manifest, metrics={"roc_auc": 0.95}))
+    assert registry.promoted_tag() == better.tag
+
+
+def test_gate_refusal_through_the_cli_is_one_line_and_nonzero(store, manifest, tmp_path, capsys):
+    run = write_run_dir(tmp_path / "low", small_model(5), manifest, metrics={"roc_auc": 0.1})
+    assert main(["register", "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "quality gate refused" in err and "--force" in err
+
+
+def test_crash_mid_registration_leaves_nothing(store):
+    class Exploding:
+        def save(self, path):
+            Path(path).write_bytes(b"partial")
+            raise OSError("disk full")
+
+    before = set(Path("/tmp").glob("bentoml-model-*"))
+    with pytest.raises(OSError, match="disk full"):
+        save_to_store(Exploding(), metadata={"x": 1}, labels={})
+    assert registry.list_models() == []
+    assert not any((store / "models").rglob("model.keras"))
+    assert set(Path("/tmp").glob("bentoml-model-*")) <= before  # temp dir cleaned up
+
+
+def test_export_import_round_trip_and_bentoml_cli_sees_the_store(store, manifest, tmp_path, capsys):
+    model = small_model(6)
+    result = register(write_run_dir(tmp_path / "run", model, manifest))
+    archive = export_version(result.tag, tmp_path / "model.bentomodel")
+    assert archive.exists()
+
+    bentoml.models.delete(result.tag)
+    assert registry.list_models() == []
+    assert import_version(archive) == result.tag
+    x = np.random.default_rng(0).random((4, 64, 64, 3), dtype=np.float32)
+    reloaded = keras.saving.load_model(bentoml.models.get(result.tag).path_of("model.keras"), compile=False)
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6, atol=1e-7)
+    with pytest.raises(UserError, match="already exists"):
+        import_version(archive)
+
+    assert main(["registry", "list", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["tag"], r["promoted"]) for r in rows] == [(result.tag, True)]
+    assert main(["registry", "show", result.tag.split(":")[1]]) == 0
+    assert json.loads(capsys.readouterr().out)["metadata"]["image_size"] == 64
+    assert main(["registry", "promote", "glasses_classifier:nope"]) == 2
+
+    # BentoML's own CLI works on the same store
+    env = {**os.environ, "BENTOML_HOME": str(store), "BENTOML_DO_NOT_TRACK": "True"}
+    bentoml_cli = str(Path(os.sys.executable).parent / "bentoml")
+    listed = subprocess.run([bentoml_cli, "models", "list", MODEL_NAME, "-o", "json"], env=env, cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    assert result.tag in listed.stdout
