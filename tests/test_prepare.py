@@ -3,7 +3,6 @@ interrupted runs, bad inputs, the dask.distributed scheduler, tf.data pipelines,
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -291,7 +290,7 @@ def test_distributed_scheduler_gives_same_cache(tmp_path, folders) -> None:
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp", host="127.0.0.1",
                                   dashboard_address=None) as cluster:
         p = prepare(f"folders:{folders['root']}", work_dir=tmp_path / "w", size=64,
-                    scheduler=cluster.scheduler_address, progress=False)
+                    scheduler=cluster.scheduler_address, progress=True)  # distributed's text progress bar too
         prefixes = cluster.scheduler.task_prefixes
         assert "decode" in prefixes and sum(prefixes["decode"].state_counts.values()) >= 8  # ran there
     local = folders["prepared"]

@@ -477,7 +477,7 @@ def _compute_distributed(tasks: list, address: str, *, progress: bool) -> list:
         if progress:
             from distributed.diagnostics.progressbar import progress as show_progress
 
-            show_progress(futures, notebook=False)
+            show_progress(futures, notebook=False, scheduler=client.scheduler.address)
         return client.gather(futures)
     finally:
         client.close()
