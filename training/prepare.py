@@ -30,7 +30,7 @@ import time
 import uuid
 import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -332,8 +332,8 @@ def label_folders(scan: Scan, *, group_column: str | None = None) -> Inventory:
             table = _read_csv(str(labels_csv), [LABELS_FILE_COLUMN, column],
                               {LABELS_FILE_COLUMN: "string", column: "string"}, LABELS_CSV)
             table = table.dropna()
-            group_of = {str(f).strip(): str(g).strip() for f, g in zip(table[LABELS_FILE_COLUMN], table[column])
-                        if str(g).strip()}
+            group_of = {PurePosixPath(str(f).strip()).as_posix(): str(g).strip()  # "./glasses/x.jpg" -> "glasses/x.jpg"
+                        for f, g in zip(table[LABELS_FILE_COLUMN], table[column]) if str(g).strip()}
             inv.grouped_by = column
             present = {f for f, _, _ in scan.images}
             inv.missing_images = [f"{f}: listed in {LABELS_CSV}, no such file"
