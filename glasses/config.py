@@ -85,6 +85,19 @@ PAPER_RESULTS: dict[str, dict] = {
     "hyperband": {"accuracy": 0.99, "loss": 0.10},
 }
 
+# --- prediction service (service/) --------------------------------------------------------------
+# Request limits (bad input gets a 4xx JSON, see docs/service.md). The body limit fits a batch of
+# phone photos; a request over it is refused with 413 before it is read into memory.
+MAX_REQUEST_BYTES = 32 * 1024 * 1024  # whole HTTP body of any POST
+MAX_BATCH_IMAGES = 32  # images in one /predict_batch request
+# Adaptive batching and process layout, chosen from benchmarks/bench_service.py on the 2-core box
+# (the reasoning is in the comment at the top of service/service.py).
+SERVE_MAX_BATCH_SIZE = 64
+SERVE_MAX_LATENCY_MS = 3000  # queueing bound before BentoML sheds a request with 503
+SERVE_WORKERS = 1
+SERVE_THREADS = 1  # threads running batches (the dispatcher runs one batch at a time anyway)
+DECODE_THREADS = 4  # threads decoding uploads (PIL releases the GIL while decoding/resizing)
+
 # --- prepare (training/prepare.py) --------------------------------------------------------------
 CACHE_SUBDIR = "cache"  # WORK_DIR/cache/<kind>-<size>-<fingerprint[:16]>/
 CSV_BLOCKSIZE = "16MB"  # dask.dataframe.read_csv partition size (CSV may exceed memory)

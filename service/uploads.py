@@ -1,0 +1,129 @@
+"""The HTTP edge of the service: request-size guard and strict multipart reading.
+
+BentoML's own multipart handling answers 500 to many client faults (a text value where a file is
+expected is fetched as a URL, a binary part under an unknown name is parsed as JSON, there is no body
+limit), so the image endpoints read `ctx.request` themselves with these functions and turn every
+client fault into an `UploadError` carrying a 4xx status.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+from starlette.requests import Request
+
+from service.inference import UploadError
+
+MULTIPART = "multipart/form-data"
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One uploaded file: its client-side name and its bytes."""
+
+    filename: str
+    data: bytes
+
+
+def error_body(message: str, status: int, **extra: Any) -> dict[str, Any]:
+    """The JSON body of every 4xx this service writes itself."""
+    return {"error": message, "status": status, **extra}
+
+
+async def read_uploads(request: Request, field: str, max_files: int) -> list[Upload]:
+    """The files posted under `field` of a multipart body (1..max_files of them), else UploadError."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() != MULTIPART:
+        raise UploadError(
+            f"expected a {MULTIPART} body with the image file in field {field!r} "
+            f"(e.g. curl -F {field}=@face.jpg), got Content-Type {content_type or 'none'!r}",
+            status=415,
+        )
+    try:
+        form = await request.form(max_files=max_files + 4, max_fields=max_files + 16)
+    except MultiPartException as exc:
+        raise UploadError(f"malformed multipart body: {exc}") from None
+    except (ValueError, KeyError) as exc:  # e.g. a boundary-less Content-Type
+        raise UploadError(f"malformed multipart body: {exc}") from None
+    values = form.getlist(field)
+    if not values:
+        received = sorted(set(form.keys()))
+        hint = f"; received field(s) {received}" if received else "; the body has no fields"
+        raise UploadError(f"missing file field {field!r}{hint}")
+    if any(not isinstance(v, UploadFile) for v in values):
+        raise UploadError(f"field {field!r} must be a file upload (curl -F {field}=@face.jpg), not a text value")
+    if len(values) > max_files:
+        if max_files == 1:
+            raise UploadError(f"send exactly one image in field {field!r}; use /predict_batch for several")
+        raise UploadError(f"too many images: {len(values)} in one request, the limit is {max_files}", status=413)
+    return [Upload(v.filename or "", await v.read()) for v in values]
+
+
+class BodyLimitMiddleware:
+    """ASGI middleware: refuse request bodies over `max_bytes` with 413 before they are read in full.
+
+    With a Content-Length header the check is immediate. A chunked body is buffered up to the limit
+    and replayed to the application, so every endpoint (BentoML's own parsers included) sees a
+    complete body that is known to be small enough.
+    """
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None:
+            if not length.strip().isdigit():
+                return await self._reject(send, 400, "invalid Content-Length header")
+            if int(length) > self.max_bytes:
+                return await self._too_large(send, int(length))
+            return await self.app(scope, receive, send)
+
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                return await self._too_large(send, None)
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+    async def _too_large(self, send: Any, length: int | None) -> None:
+        got = f"{length:,} bytes" if length is not None else "more than that"
+        await self._reject(send, 413, f"request body too large: the limit is {self.max_bytes:,} bytes, got {got}")
+
+    @staticmethod
+    async def _reject(send: Any, status: int, message: str) -> None:
+        body = json.dumps(error_body(message, status)).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
