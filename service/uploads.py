@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
@@ -45,10 +46,12 @@ async def read_uploads(request: Request, field: str, max_files: int) -> list[Upl
         )
     try:
         form = await request.form(max_files=max_files + 4, max_fields=max_files + 16)
+    except HTTPException as exc:  # Starlette's wrapper of MultiPartException inside an app
+        raise UploadError(f"malformed multipart body: {exc.detail}") from None
     except MultiPartException as exc:
-        raise UploadError(f"malformed multipart body: {exc}") from None
-    except (ValueError, KeyError) as exc:  # e.g. a boundary-less Content-Type
-        raise UploadError(f"malformed multipart body: {exc}") from None
+        raise UploadError(f"malformed multipart body: {exc.message}") from None
+    except Exception as exc:  # python-multipart parse errors on hostile bodies: still the client's
+        raise UploadError(f"malformed multipart body: {type(exc).__name__}: {exc}") from None
     values = form.getlist(field)
     if not values:
         received = sorted(set(form.keys()))

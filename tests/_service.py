@@ -254,6 +254,26 @@ def start_server(
     return server
 
 
+# --- pytest: one model + one server per session --------------------------------------------------
+_SHARED: ServiceServer | None = None
+
+
+def shared_server(request: Any, tmp_path_factory: Any) -> ServiceServer:
+    """The session's server (started on first use, stopped at session end) over a seed-0 test model.
+
+    Call it from a module- or session-scoped fixture: `return shared_server(request, tmp_path_factory)`.
+    Every module asking for it shares the one server, so the ~40 s of registering a model and
+    starting `bentoml serve` is paid once per pytest run. Tests must leave it healthy.
+    """
+    global _SHARED
+    if _SHARED is None or _SHARED.proc.poll() is not None:
+        home = tmp_path_factory.mktemp("service-store") / "bentoml"
+        register_model(home, seed=0)
+        _SHARED = start_server(home)
+        request.config.add_cleanup(_SHARED.stop)
+    return _SHARED
+
+
 # --- command line (used by register_model's subprocess) -----------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="test helpers for the prediction service")

@@ -1,0 +1,217 @@
+"""The prediction service end to end: a real `bentoml serve` on 127.0.0.1 serving a real Keras CNN.
+
+Parity: for real photos and generated files in every colour mode, the HTTP probability equals the
+in-process prediction of the same model on `glasses.preprocessing.preprocess(file)` (the training
+pipeline's tensor) within 1e-5. One server for the session (tests/_service.py: shared_server).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from _service import REPO_ROOT, model_file, shared_server
+from glasses import preprocessing
+from glasses.config import CLASS_MAP, IMAGE_SIZE
+
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def server(request, tmp_path_factory):
+    return shared_server(request, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def card(server) -> dict:
+    resp = requests.get(f"{server.url}/model", timeout=30)
+    assert resp.status_code == 200
+    return resp.json()
+
+
+@pytest.fixture(scope="module")
+def reference(server, card):
+    """In-process P(glasses) of the served model on the training contract's tensor for a file."""
+    import keras
+
+    model = keras.saving.load_model(model_file(server.home, card["tag"]), compile=False)
+
+    def predict(data: bytes) -> float:
+        x = preprocessing.preprocess(data)[np.newaxis]
+        return float(np.asarray(model(x, training=False))[0, 0])
+
+    return predict
+
+
+# --- generated uploads --------------------------------------------------------------------------
+def _picture(width: int, height: int, seed: int) -> Image.Image:
+    """A smooth random RGB picture (so the model's output depends on where things are)."""
+    rng = np.random.default_rng(seed)
+    small = Image.fromarray(rng.integers(0, 256, (6, 5, 3), dtype=np.uint8))
+    return small.resize((width, height), Image.Resampling.BICUBIC)
+
+
+def _save(img: Image.Image, fmt: str, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def generated_uploads() -> dict[str, bytes]:
+    """One file per format / colour mode the contract handles (names say what each exercises)."""
+    rgb = _picture(178, 218, seed=1)
+    rgba = rgb.convert("RGBA")
+    alpha = np.full((218, 178), 255, np.uint8)
+    alpha[:, :60] = 0  # a transparent band: composited onto white
+    rgba.putalpha(Image.fromarray(alpha))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 clockwise to display
+    frames = [_picture(120, 100, seed=s) for s in (2, 3)]
+    grey16 = Image.fromarray((np.asarray(rgb.convert("L"), np.uint16) * 257).astype(np.uint16))
+    return {
+        "rgb.png": _save(rgb, "PNG"),
+        "rgb.jpg": _save(rgb, "JPEG", quality=90),
+        "grey.png": _save(rgb.convert("L"), "PNG"),
+        "grey.jpg": _save(rgb.convert("L"), "JPEG", quality=90),
+        "grey16.png": _save(grey16, "PNG"),
+        "rgba.png": _save(rgba, "PNG"),
+        "palette.png": _save(rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=64), "PNG"),
+        "exif-rotated.jpg": _save(rgb, "JPEG", quality=90, exif=exif),
+        "cmyk.jpg": _save(rgb.convert("CMYK"), "JPEG", quality=90),
+        "rgb.webp": _save(rgb, "WEBP", quality=90),
+        "rgb.bmp": _save(rgb, "BMP"),
+        "rgb.tiff": _save(rgb, "TIFF"),
+        "square-large.png": _save(_picture(1024, 1024, seed=4), "PNG"),
+        "animated.gif": _save(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100),
+    }
+
+
+def _predict(server, name: str, data: bytes) -> requests.Response:
+    return requests.post(f"{server.url}/predict", files={"image": (name, data)}, timeout=60)
+
+
+def _check_verdict(result: dict, card: dict) -> None:
+    assert set(result) == {"verdict", "probability", "threshold", "model"}
+    assert 0.0 <= result["probability"] <= 1.0
+    assert result["threshold"] == card["threshold"]
+    assert result["model"] == card["tag"]
+    expected = "glasses" if result["probability"] >= result["threshold"] else "no_glasses"
+    assert result["verdict"] == expected
+
+
+# --- tests --------------------------------------------------------------------------------------
+def test_predict_matches_training_contract_for_every_format(server, card, reference):
+    uploads = generated_uploads()
+    probabilities = {}
+    for name, data in uploads.items():
+        resp = _predict(server, name, data)
+        assert resp.status_code == 200, (name, resp.text)
+        result = resp.json()
+        _check_verdict(result, card)
+        assert abs(result["probability"] - reference(data)) <= TOLERANCE, name
+        probabilities[name] = result["probability"]
+    # the model is not constant: parity would be vacuous otherwise
+    assert max(probabilities.values()) - min(probabilities.values()) > 0.05
+
+
+def test_exif_orientation_is_applied(server, reference):
+    upright = _picture(178, 218, seed=7)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed = stored rotated 90 degrees clockwise
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what a camera writes with orientation 6
+    tagged = _predict(server, "tagged.png", _save(stored, "PNG", exif=exif)).json()["probability"]
+    plain = _predict(server, "upright.png", _save(upright, "PNG")).json()["probability"]
+    untagged = _predict(server, "untagged.png", _save(stored, "PNG")).json()["probability"]
+    assert abs(tagged - plain) <= TOLERANCE
+    assert abs(untagged - plain) > 10 * TOLERANCE  # the rotation matters to this model
+
+
+def test_predict_batch_keeps_input_order(server, card, reference):
+    uploads = list(generated_uploads().items())
+    resp = requests.post(f"{server.url}/predict_batch",
+                         files=[("images", (name, data)) for name, data in uploads], timeout=120)
+    assert resp.status_code == 200, resp.text
+    results = resp.json()
+    assert len(results) == len(uploads)
+    for (name, data), result in zip(uploads, results):
+        _check_verdict(result, card)
+        assert abs(result["probability"] - reference(data)) <= TOLERANCE, name
+
+
+def test_real_photos(server, card, reference, celeba_dir: Path):
+    lines = (celeba_dir / "labels.csv").read_text().splitlines()[1:]
+    glasses = [line.split(",")[0] for line in lines if line.split(",")[2] == "1"][:6]
+    plain = [line.split(",")[0] for line in lines if line.split(",")[2] == "0"][:6]
+    files = [celeba_dir / f for f in glasses + plain]
+    resp = requests.post(f"{server.url}/predict_batch",
+                         files=[("images", (f.name, f.read_bytes())) for f in files], timeout=120)
+    assert resp.status_code == 200, resp.text
+    for path, result in zip(files, resp.json()):
+        _check_verdict(result, card)
+        assert abs(result["probability"] - reference(path.read_bytes())) <= TOLERANCE, path
+    single = _predict(server, files[0].name, files[0].read_bytes()).json()
+    assert abs(single["probability"] - resp.json()[0]["probability"]) <= TOLERANCE
+
+
+def test_model_endpoint_describes_the_promoted_model(server, card):
+    promoted = json.loads((server.home / "glasses_registry.json").read_text())["promoted"]
+    assert card["tag"] == promoted
+    assert card["name"] == "glasses_classifier" and card["version"] == promoted.split(":")[1]
+    assert card["threshold"] == 0.5
+    assert card["metrics"] == {"accuracy": 0.5, "roc_auc": 0.5}
+    assert card["class_map"] == CLASS_MAP
+    assert card["preprocessing"] == {"version": preprocessing.PREPROCESSING_VERSION, "image_size": IMAGE_SIZE,
+                                     "served_version": preprocessing.PREPROCESSING_VERSION}
+    assert re.match(r"\d{4}-\d\d-\d\dT", card["created"])
+
+
+def test_infer_api_takes_decoded_pixels(server, reference):
+    data = generated_uploads()["rgb.png"]
+    pixels = preprocessing.to_uint8(data)[np.newaxis].tolist()
+    resp = requests.post(f"{server.url}/infer", json={"pixels": pixels}, timeout=60)
+    assert resp.status_code == 200, resp.text
+    [probability] = resp.json()
+    assert abs(probability - reference(data)) <= TOLERANCE
+
+
+def test_bentoml_endpoints_keep_working(server):
+    for path in ("/healthz", "/livez", "/readyz"):
+        assert requests.get(f"{server.url}{path}", timeout=10).status_code == 200, path
+    metrics = requests.get(f"{server.url}/metrics", timeout=10).text
+    assert 'bentoml_service_request_total{' in metrics and 'endpoint="/predict"' in metrics
+    assert 'bentoml_service_adaptive_batch_size_count{method_name="infer"' in metrics
+    spec = requests.get(f"{server.url}/docs.json", timeout=10).json()
+    assert {"/predict", "/predict_batch", "/infer"} <= set(spec["paths"])
+    assert "multipart/form-data" in spec["paths"]["/predict"]["post"]["requestBody"]["content"]
+
+
+def test_client_cli(server, tmp_path):
+    uploads = generated_uploads()
+    good = tmp_path / "face.jpg"
+    good.write_bytes(uploads["rgb.jpg"])
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(uploads["rgb.png"][:200])
+    cmd = [sys.executable, "-m", "service.client", "--url", server.url]
+    one = subprocess.run([*cmd, str(good)], capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
+    assert one.returncode == 0, one.stderr
+    assert re.fullmatch(rf"{re.escape(str(good))}: (glasses|no_glasses) \(P\(glasses\)=0\.\d\d, threshold 0\.50\)\n",
+                        one.stdout)
+    both = subprocess.run([*cmd, "--json", str(good), str(bad)], capture_output=True, text=True, cwd=REPO_ROOT,
+                          timeout=60)
+    assert both.returncode == 1
+    results = json.loads(both.stdout)
+    assert results[0]["file"] == str(good) and results[0]["verdict"] in ("glasses", "no_glasses")
+    assert results[1]["file"] == str(bad) and results[1]["status"] == 422 and "PNG" in results[1]["error"]
+    missing = subprocess.run([*cmd, str(tmp_path / "nope.jpg")], capture_output=True, text=True, cwd=REPO_ROOT,
+                             timeout=60)
+    assert missing.returncode == 2 and missing.stdout == ""
+    assert missing.stderr.strip().splitlines() == [f"error: no such file: {tmp_path / 'nope.jpg'}"]
