@@ -424,6 +424,8 @@ def decode_chunk(root: str, is_zip: bool, files: list[str], start: int, images_p
                 errors.append((start + i, file, str(exc)))
             except (OSError, KeyError, zipfile.BadZipFile) as exc:
                 errors.append((start + i, file, f"cannot read file: {exc}"))
+            except Exception as exc:  # e.g. malformed EXIF: one bad file must not stop the job
+                errors.append((start + i, file, f"cannot decode: {type(exc).__name__}: {exc}"))
         out.flush()
     finally:
         if zf is not None:
@@ -443,9 +445,10 @@ def decode_all(inv: Inventory, images_path: Path, size: int, scheduler: str | No
     import dask
 
     step = chunk_size(len(inv.files))
+    run = uuid.uuid4().hex[:16]  # unique keys: concurrent prepares may share one distributed cluster
     tasks = [
         dask.delayed(decode_chunk, pure=False)(str(inv.root), inv.is_zip, inv.files[s:s + step], s,
-                                               str(images_path), size, dask_key_name=f"decode-{s}")
+                                               str(images_path), size, dask_key_name=f"decode-{run}-{s}")
         for s in range(0, len(inv.files), step)
     ]
     scheduler = scheduler or PREPARE_SCHEDULER
