@@ -143,6 +143,8 @@ def build_metadata(summary: dict, report: dict, *, gate: GateDecision, forced: b
         "validation_metrics": report.get("validation_metrics"),
         "threshold": report["threshold"]["value"],
         "threshold_method": report["threshold"]["method"],
+        "profile": profile["name"],
+        "objective": profile["objective"],
         "hyperparameters": summary.get("best_hyperparameters"),
         "params": summary.get("params"),
         "tuner": {
