@@ -134,12 +134,13 @@ from glasses.config import IMAGE_SIZE
 images = [Path(p).read_bytes() for p in sys.argv[3:]]
 clf = Classifier(Path(sys.argv[2]), IMAGE_SIZE); clf.warm_up((1, 64))
 def run(batch):
-    t0 = time.perf_counter(); n = 0
+    t0, c0, n = time.perf_counter(), time.process_time(), 0
     while time.perf_counter() - t0 < 4:
         x = np.stack([decode_upload(images[(n + i) % len(images)], IMAGE_SIZE) for i in range(batch)])
         clf(x); n += batch
-    return n / (time.perf_counter() - t0)
-print(json.dumps({"batch1": run(1), "batch64": run(64)}))
+    return n / (time.perf_counter() - t0), (time.process_time() - c0) / n * 1e3
+(b1, c1), (b64, c64) = run(1), run(64)
+print(json.dumps({"batch1": b1, "batch64": b64, "cpu_ms_per_image_batch64": c64}))
 """
 
 
@@ -179,10 +180,14 @@ def main() -> None:
     results["concurrent"] = asyncio.run(concurrent(args.url, images, args.requests, args.concurrency))
     results["concurrent"]["server_cpu_ms_per_request"] = (server_cpu_seconds(args.server_pid) - cpu0) / args.requests * 1e3
     s1, c1 = asyncio.run(batch_histogram(args.url))
+    lat = asyncio.run(sequential(args.url, images, args.sequential))
+    results["batch1_after_burst"] = {"n": len(lat), "p50_ms": pct(lat, 50) * 1e3, "p95_ms": pct(lat, 95) * 1e3}
     results["concurrent"]["mean_batch"] = (s1 - s0) / (c1 - c0) if c1 > c0 else float("nan")
     if args.ceiling:
         results["ceiling_img_s"] = ceiling(args.ceiling, images)
         results["ratio_to_ceiling"] = results["concurrent"]["rps"] / results["ceiling_img_s"]["batch64"]
+        results["cpu_efficiency"] = (results["ceiling_img_s"]["cpu_ms_per_image_batch64"]
+                                     / results["concurrent"]["server_cpu_ms_per_request"])
     if args.json:
         print(json.dumps(results, indent=2))
         return
@@ -192,6 +197,8 @@ def main() -> None:
     print(f"concurrency {args.concurrency} ({c['requests']} requests): {c['rps']:.0f} req/s, "
           f"p50 {c['p50_ms']:.0f} ms, p95 {c['p95_ms']:.0f} ms, p99 {c['p99_ms']:.0f} ms, "
           f"mean adaptive batch {c['mean_batch']:.1f}, statuses {c['statuses']}")
+    b = results["batch1_after_burst"]
+    print(f"batch 1, sequential again after the burst: p50 {b['p50_ms']:.1f} ms, p95 {b['p95_ms']:.1f} ms")
     if args.server_pid:
         print(f"server CPU per request under concurrency: {c['server_cpu_ms_per_request']:.2f} ms "
               f"(2 cores => at most {2000 / c['server_cpu_ms_per_request']:.0f} req/s on an idle machine)")
@@ -199,6 +206,10 @@ def main() -> None:
         ce = results["ceiling_img_s"]
         print(f"in-process ceiling: {ce['batch1']:.0f} img/s at batch 1, {ce['batch64']:.0f} img/s at batch 64; "
               f"service/ceiling = {results['ratio_to_ceiling']:.2f}")
+        if args.server_pid:
+            print(f"CPU per image: in-process {ce['cpu_ms_per_image_batch64']:.2f} ms, service "
+                  f"{c['server_cpu_ms_per_request']:.2f} ms per request => CPU efficiency "
+                  f"{results['cpu_efficiency']:.2f} (the throughput ratio on an otherwise idle machine)")
 
 
 if __name__ == "__main__":

@@ -18,8 +18,8 @@ from starlette.responses import JSONResponse
 
 from glasses.config import DECODE_THREADS, SERVE_MAX_BATCH_SIZE, SERVE_MAX_LATENCY_MS
 from service.inference import MODEL_FILE, Classifier, UploadError, decode_upload, verdict
-from service.service import IMAGE_SIZE, MODEL_TAG, ImageUpload, _refuse
-from service.uploads import read_uploads
+from service.service import IMAGE_SIZE, MODEL_TAG, _refuse
+from service.uploads import ImageUpload, read_uploads
 
 
 @bentoml.service(workers=1, threads=1, runner_connection={"max_requests": 10**9, "max_age": 86400.0})

@@ -93,9 +93,10 @@ MAX_BATCH_IMAGES = 32  # images in one /predict_batch request
 # Adaptive batching and process layout, chosen from benchmarks/bench_service.py on the 2-core box
 # (the reasoning is in the comment at the top of service/service.py).
 SERVE_MAX_BATCH_SIZE = 64
-SERVE_MAX_LATENCY_MS = 3000  # queueing bound before BentoML sheds a request with 503
-SERVE_WORKERS = 1
+SERVE_MAX_LATENCY_MS = 3000  # queueing bound before a request is shed with 503
+SERVE_WORKERS = int(os.environ.get("GLASSES_SERVE_WORKERS", "1"))  # processes, each with its own model
 SERVE_THREADS = 1  # threads running batches (the dispatcher runs one batch at a time anyway)
+SERVE_DISPATCH = os.environ.get("GLASSES_DISPATCH", "greedy")  # "greedy" | "cork" (BentoML's own rule)
 DECODE_THREADS = 4  # threads decoding uploads (PIL releases the GIL while decoding/resizing)
 
 # --- prepare (training/prepare.py) --------------------------------------------------------------

@@ -121,8 +121,23 @@ def check_servable(card: dict[str, Any]) -> None:
         )
     if prep["image_size"] not in preprocessing.ALLOWED_SIZES:
         raise RuntimeError(f"model {card['tag']} has unsupported image_size {prep['image_size']}")
-    if int(card["class_map"].get(POSITIVE_CLASS, 1)) != CLASS_MAP[POSITIVE_CLASS]:
-        raise RuntimeError(f"model {card['tag']} has class map {card['class_map']}, expected {CLASS_MAP}")
+    index = _positive_index(card["class_map"])
+    if index is not None and index != CLASS_MAP[POSITIVE_CLASS]:
+        raise RuntimeError(f"model {card['tag']} has class map {card['class_map']}: its output is not "
+                           f"P({POSITIVE_CLASS}) (expected {CLASS_MAP})")
+
+
+def _positive_index(class_map: dict) -> int | None:
+    """The label index of the positive class in a {name: index} or {index: name} map (None if absent)."""
+    try:
+        if POSITIVE_CLASS in class_map:
+            return int(class_map[POSITIVE_CLASS])
+        for key, value in class_map.items():
+            if value == POSITIVE_CLASS:
+                return int(key)
+    except (TypeError, ValueError):
+        pass
+    return None
 
 
 def verdict(probability: float, threshold: float, tag: str) -> dict[str, Any]:

@@ -5,33 +5,39 @@
     GET  /model          the served model's card
     POST /infer          the batchable inference API: uint8 pixels (N, S, S, 3) -> P(glasses) (N,)
 
-How a request flows (and why) -- design measured with benchmarks/bench_service.py, see docs/service.md:
-  1. `read_uploads` parses the multipart body strictly (a 4xx for any client fault) and
-     `decode_upload` decodes every image fully, in a thread pool, BEFORE anything is batched: a bad
-     upload fails its own request and can never poison an adaptive batch.
-  2. The decoded uint8 pixels go into BentoML's adaptive batching through the SAME in-process
-     CorkDispatcher that serves the batchable `infer` API (`ServiceAppFactory.batch_infer`): no HTTP
-     hop, no JSON/pickle of pixels, one compiled `tf.function` call per batch.
-     Rejected alternatives: `self.to_async.infer` goes over HTTP with JSON arrays (18 req/s, 89%
-     errors); a separate model service via `bentoml.depends` pays a pickle+HTTP hop per request and
-     needs the `runner_connection` workaround for upstream #5540 (~260 req/s measured vs ~840 img/s
-     in-process); `bentoml.depends` resolved inside the same worker is a plain object call with no
-     batching at all.
-  3. Workers/threads/batch limits (glasses/config.py) come from measurements on the 2-core machine:
-     one worker uses both cores for TensorFlow's intra-op threads while the event loop and the decode
-     threads overlap with it; see docs/service.md for the figures behind each value.
+How a request flows, and why (measured with benchmarks/bench_service.py; figures in docs/service.md):
+  1. `read_uploads` parses the multipart body itself (BentoML's parser answers 500 to several client
+     faults) and `decode_upload` decodes every image fully, in a thread pool, BEFORE anything is
+     batched: a bad upload fails its own request (4xx) and can never poison an adaptive batch.
+  2. The decoded uint8 pixels join BentoML's adaptive batching IN-PROCESS: /predict calls
+     `ServiceAppFactory.batch_infer("infer", ...)`, the same dispatcher that serves the batchable
+     `infer` API over HTTP, so there is no HTTP hop and no JSON/pickle of pixels, and BentoML's
+     adaptive_batch_size metric covers every batch. Compared in one run, interleaved:
+       - a separate model service via `bentoml.depends` (pickle + HTTP hop, `runner_connection`
+         workaround for upstream #5540): 10.0-11.9 ms server CPU per request vs 5.5-9.0 ms in-process;
+       - `self.to_async.infer` goes over HTTP with JSON arrays (18 req/s, 89% errors: team notes);
+       - `bentoml.depends` resolved inside the same worker is a plain method call: no batching.
+  3. Release rule: `service.batching.GreedyDispatcher` replaces upstream's CORK wait rule. Upstream waits for
+     company as long as the mean historical queue wait allows; after a burst that mean stays high and
+     batch-1 latency stayed at 83-135 ms p50 instead of 9-12 ms, with equal throughput and CPU per
+     request. On a CPU a batch costs ~linear time per image: releasing as soon as the model is free
+     (taking everything queued meanwhile) gives batches of ~15 at concurrency 32 anyway.
+  4. Layout on the 2-core box: ONE worker (TensorFlow's intra-op threads use both cores while the
+     event loop and decode threads overlap with them). Two workers halved the batches (mean 2-6
+     instead of ~15), used as much or more CPU per request (5.8-8.0 ms) and doubled memory.
+     max_batch_size 64 (a full /predict_batch plus concurrent singles fits in one call; batches past
+     ~16 gain little per image on CPU); max_latency_ms 3000 is only the shedding bound (503) for a
+     queue that cannot drain, generous for a shared CI box. threads=1: one batch runs at a time.
 """
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
-from typing import Annotated, Any, Awaitable, Callable
+from typing import Any
 
 import anyio
 import bentoml
 import numpy as np
-from pydantic import BaseModel, BeforeValidator
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -41,76 +47,33 @@ from glasses.config import (
     DECODE_THREADS,
     MAX_BATCH_IMAGES,
     MAX_REQUEST_BYTES,
+    SERVE_DISPATCH,
     SERVE_MAX_BATCH_SIZE,
     SERVE_MAX_LATENCY_MS,
     SERVE_THREADS,
     SERVE_WORKERS,
 )
 from glasses.registry import resolve_tag
-from service.inference import (
-    MODEL_FILE,
-    Classifier,
-    UploadError,
-    check_servable,
-    decode_upload,
-    model_card,
-    verdict,
+from service.batching import BatchInfer, batch_entry
+from service.inference import MODEL_FILE, Classifier, UploadError, check_servable, decode_upload, model_card, verdict
+from service.uploads import (
+    BodyLimitMiddleware,
+    ImagesUpload,
+    ImageUpload,
+    Verdict,
+    error_body,
+    pixels_type,
+    read_uploads,
 )
-from service.uploads import BodyLimitMiddleware, error_body, read_uploads
 
 # Resolved once at import, so `bentoml build` records exactly this model: GLASSES_MODEL > promoted >
 # newest > the bundled default (imported into an empty store).
 MODEL_TAG = resolve_tag()
 IMAGE_SIZE = int(model_card(bentoml.models.get(MODEL_TAG))["preprocessing"]["image_size"])
+Pixels = pixels_type(IMAGE_SIZE)
 
 
-# --- schemas (OpenAPI) --------------------------------------------------------------------------
-class Verdict(BaseModel):
-    verdict: str  # "glasses" | "no_glasses"
-    probability: float  # P(glasses)
-    threshold: float
-    model: str  # glasses_classifier:<version>
-
-
-class ImageUpload(bentoml.IODescriptor):
-    """multipart/form-data with the image file in field `image`. The API parses the body itself."""
-
-    media_type = "multipart/form-data"
-    model_config = {"json_schema_extra": {"properties": {"image": {"type": "string", "format": "binary"}},
-                                          "required": ["image"]}}
-
-    @classmethod
-    async def from_http_request(cls, request: Request, serde: Any) -> "ImageUpload":
-        return cls()  # leave the body unread: read_uploads parses it strictly (BentoML's parser 500s)
-
-
-class ImagesUpload(ImageUpload):
-    """multipart/form-data with one or more image files, each in a field named `images`."""
-
-    model_config = {"json_schema_extra": {
-        "properties": {"images": {"type": "array", "items": {"type": "string", "format": "binary"}}},
-        "required": ["images"]}}
-
-
-def _as_pixels(value: Any) -> np.ndarray:
-    """Validate /infer input before it joins a batch: uint8 (N, S, S, 3), else a 400."""
-    try:
-        arr = np.asarray(value)
-    except Exception as exc:
-        raise ValueError(f"pixels must be a nested list of integers: {exc}") from None
-    if arr.ndim != 4 or arr.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3) or arr.shape[0] < 1:
-        raise ValueError(f"pixels must have shape (N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3), got {arr.shape}")
-    if arr.dtype != np.uint8:
-        if arr.dtype.kind not in "iu" or arr.min() < 0 or arr.max() > 255:
-            raise ValueError("pixels must be integers in 0..255")
-        arr = arr.astype(np.uint8)
-    return arr
-
-
-Pixels = Annotated[np.ndarray, BeforeValidator(_as_pixels)]
-
-
-# --- GET /model (BentoML APIs are POST-only, so this one route is a mounted Starlette app) -------
+# GET /model: BentoML APIs are POST-only, so this one route is a mounted Starlette app.
 async def _get_model(_: Request) -> JSONResponse:
     return JSONResponse(bentoml.get_current_service().card)
 
@@ -135,7 +98,7 @@ class GlassesService:
         self.threshold = self.card["threshold"]
         self.classifier = Classifier(Path(self.bento_model.path_of(MODEL_FILE)), IMAGE_SIZE)
         self.classifier.warm_up((1, 8, SERVE_MAX_BATCH_SIZE))
-        self._batch_infer: Callable[..., Awaitable[np.ndarray]] | None = None
+        self._batch_infer: BatchInfer | None = None
         self._decode_limiter: anyio.CapacityLimiter | None = None
         self._ready = True  # only reached once the model is loaded and warmed up
 
@@ -166,35 +129,34 @@ class GlassesService:
             uploads = await read_uploads(ctx.request, "images", max_files=MAX_BATCH_IMAGES)
         except UploadError as exc:
             return _refuse(ctx, exc)
+        results: list[Any] = [None] * len(uploads)
 
         async def decode_one(i: int) -> None:
             try:
-                decoded[i] = await self._decode(uploads[i].data)
+                results[i] = await self._decode(uploads[i].data)
             except UploadError as exc:
-                decoded[i] = error_body(str(exc), exc.status, index=i, filename=uploads[i].filename)
+                results[i] = error_body(str(exc), exc.status, index=i, filename=uploads[i].filename)
 
-        decoded: list[Any] = [None] * len(uploads)
         async with anyio.create_task_group() as tg:
             for i in range(len(uploads)):
                 tg.start_soon(decode_one, i)
-        good = [i for i, d in enumerate(decoded) if isinstance(d, np.ndarray)]
-        results: list[Any] = list(decoded)
+        good = [i for i, r in enumerate(results) if isinstance(r, np.ndarray)]
         if good:
-            probabilities = await self._infer(ctx.request, np.stack([decoded[i] for i in good]))
+            probabilities = await self._infer(ctx.request, np.stack([results[i] for i in good]))
             for i, p in zip(good, probabilities):
                 results[i] = verdict(p, self.threshold, self.tag)
         return JSONResponse(results)
 
-    # --- helpers ----------------------------------------------------------------------------
     async def _decode(self, data: bytes) -> np.ndarray:
+        """Strict decode in a worker thread (PIL releases the GIL while decoding and resizing)."""
         if self._decode_limiter is None:
             self._decode_limiter = anyio.CapacityLimiter(DECODE_THREADS)
         return await anyio.to_thread.run_sync(decode_upload, data, IMAGE_SIZE, limiter=self._decode_limiter)
 
     async def _infer(self, request: Request, pixels: np.ndarray) -> np.ndarray:
-        """Queue decoded pixels on the adaptive batching dispatcher of the `infer` API (in-process)."""
+        """Queue decoded pixels on the adaptive batching dispatcher of the `infer` API, in-process."""
         if self._batch_infer is None:
-            self._batch_infer = _find_batch_infer(request.scope["app"], "infer")
+            self._batch_infer = batch_entry(request.scope["app"], "infer", greedy=SERVE_DISPATCH == "greedy")
         return await self._batch_infer((pixels,), {})
 
 
@@ -202,20 +164,6 @@ def _refuse(ctx: bentoml.Context, exc: UploadError) -> JSONResponse:
     """A client fault as a 4xx JSON response (BentoML applies ctx.response.status_code to it)."""
     ctx.response.status_code = exc.status
     return JSONResponse(error_body(str(exc), exc.status), status_code=exc.status)
-
-
-def _find_batch_infer(app: Starlette, api_name: str) -> Callable[..., Awaitable[np.ndarray]]:
-    """BentoML 1.4's `ServiceAppFactory.batch_infer` for `api_name`, found through the API's route.
-
-    Each API route's endpoint is `functools.partial(factory.api_endpoint_wrapper, name)`; its factory
-    owns the CorkDispatcher of every batchable API. Fails loudly if a BentoML upgrade changes this.
-    """
-    for route in app.router.routes:
-        if getattr(route, "name", None) == api_name:
-            factory = getattr(getattr(route.endpoint, "func", None), "__self__", None)
-            if factory is not None and api_name in getattr(factory, "dispatchers", {}):
-                return functools.partial(factory.batch_infer, api_name)
-    raise RuntimeError(f"cannot find BentoML's batching dispatcher for API {api_name!r} (BentoML upgraded?)")
 
 
 GlassesService.add_asgi_middleware(BodyLimitMiddleware, max_bytes=MAX_REQUEST_BYTES)

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
+import bentoml
+import numpy as np
+from pydantic import BaseModel, BeforeValidator
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
@@ -20,6 +23,56 @@ from starlette.requests import Request
 from service.inference import UploadError
 
 MULTIPART = "multipart/form-data"
+
+
+# --- schemas: what the OpenAPI page shows --------------------------------------------------------
+class Verdict(BaseModel):
+    verdict: str  # "glasses" | "no_glasses"
+    probability: float  # P(glasses)
+    threshold: float
+    model: str  # glasses_classifier:<version>
+
+
+class ImageUpload(bentoml.IODescriptor):
+    """multipart/form-data with the image file in field `image` (the API reads the body itself)."""
+
+    media_type = MULTIPART
+    model_config = {"json_schema_extra": {"properties": {"image": {"type": "string", "format": "binary"}},
+                                          "required": ["image"]}}
+
+    @classmethod
+    async def from_http_request(cls, request: Request, serde: Any) -> "ImageUpload":
+        return cls()  # leave the body unread for `read_uploads`
+
+
+class ImagesUpload(ImageUpload):
+    """multipart/form-data with one or more image files, each in a field named `images`."""
+
+    model_config = {"json_schema_extra": {
+        "properties": {"images": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+        "required": ["images"]}}
+
+
+def pixels_type(size: int) -> Any:
+    """Annotated ndarray type that validates decoded pixels uint8 (N, size, size, 3) before batching.
+
+    A wrong array fails its own request with 400 instead of breaking the concatenation of a batch.
+    """
+
+    def validate(value: Any) -> np.ndarray:
+        try:
+            arr = np.asarray(value)
+        except Exception as exc:
+            raise ValueError(f"pixels must be a nested list of integers: {exc}") from None
+        if arr.ndim != 4 or arr.shape[1:] != (size, size, 3) or arr.shape[0] < 1:
+            raise ValueError(f"pixels must have shape (N, {size}, {size}, 3), got {arr.shape}")
+        if arr.dtype != np.uint8:
+            if arr.dtype.kind not in "iu" or arr.min() < 0 or arr.max() > 255:
+                raise ValueError("pixels must be integers in 0..255")
+            arr = arr.astype(np.uint8)
+        return arr
+
+    return Annotated[np.ndarray, BeforeValidator(validate)]
 
 
 @dataclass(frozen=True)
