@@ -16,6 +16,7 @@ import resource
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -26,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from glasses.preprocessing import to_uint8  # noqa: E402
+from glasses.preprocessing import decode, to_uint8  # noqa: E402
 from training.prepare import Inventory, decode_all, prepare  # noqa: E402
 
 CELEBA = Path(os.environ.get("GLASSES_SHARED_DIR", REPO.parent / "shared")) / "data" / "celeba-glasses"
@@ -102,6 +103,46 @@ def throughput(label: str, root: Path, files: list[str], size: int, tmp: Path, r
               f"   cores busy {cpu / wall:4.2f}")
 
 
+def gil_probe(pngs: list[bytes], jpgs: list[bytes], seconds: float = 4.0) -> None:
+    """How much a pure-Python loop keeps running while another thread decodes/resizes.
+
+    ~1.0: the work releases the GIL (threads can run it in parallel); a pure-Python worker (the
+    control) drops it far lower. Robust to machine load because both rates are measured in this process.
+    """
+    big = decode(pngs[0])
+
+    def count(duration: float) -> int:
+        n, end = 0, time.perf_counter() + duration
+        while time.perf_counter() < end:
+            n += 1
+        return n
+
+    def probe(work) -> float:
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.is_set():
+                work()
+
+        base = count(seconds)
+        t = threading.Thread(target=loop)
+        t.start()
+        busy = count(seconds)
+        stop.set()
+        t.join()
+        return busy / base
+
+    print(f"\nGIL probe: Python loop rate while a second thread works / alone   ({load()})")
+    cases = [("idle thread (sleep)", lambda: time.sleep(0.05)),
+             ("PNG 1024x1024 decode", lambda: [decode(b) for b in pngs[:4]]),
+             ("resize 1024 -> 128", lambda: big.resize((128, 128), Image.Resampling.BILINEAR))]
+    if jpgs:
+        cases.append(("JPEG 178x218 decode", lambda: [decode(b) for b in jpgs]))
+    cases.append(("pure Python (control)", lambda: sum(i * i for i in range(200_000))))
+    for name, work in cases:
+        print(f"  {name:<24} {probe(work):5.2f}")
+
+
 def cached_vs_uncached(label: str, source: str, work: Path, size: int) -> None:
     t0 = time.perf_counter()
     first = prepare(source, work_dir=work, size=size, progress=False)
@@ -121,6 +162,7 @@ def main() -> None:
     ap.add_argument("--celeba-n", type=int, default=1200, help="CelebA JPEGs for throughput (default %(default)s)")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=2, help="runs per variant, best kept (default %(default)s)")
+    ap.add_argument("--gil-only", action="store_true", help="only the GIL probe (quick)")
     args = ap.parse_args()
     print(f"cpus: {os.cpu_count()}   {load()}   (machine shared with other jobs: figures are indicative)")
     tmp = Path(tempfile.mkdtemp(prefix="bench-prepare-"))
@@ -128,6 +170,10 @@ def main() -> None:
         kaggle = make_kaggle_pngs(tmp / "kaggle", args.n)
         files = sorted((p.relative_to(kaggle).as_posix() for p in kaggle.rglob("*.png")))
         mb = sum((kaggle / f).stat().st_size for f in files) / len(files) / 1e6
+        jpgs = [p.read_bytes() for p in sorted(CELEBA.rglob("*.jpg"))[:50]] if CELEBA.exists() else []
+        gil_probe([(kaggle / f).read_bytes() for f in files[:4]], jpgs)
+        if args.gil_only:
+            return
         throughput(f"Kaggle-like 1024x1024 PNG ({mb:.1f} MB each)", kaggle, files, args.size, tmp, args.repeats)
         if (CELEBA / "labels.csv").exists():
             cfiles = sorted(p.relative_to(CELEBA).as_posix() for p in CELEBA.rglob("*.jpg"))[: args.celeba_n]
