@@ -215,3 +215,45 @@ def test_client_cli(server, tmp_path):
                              timeout=60)
     assert missing.returncode == 2 and missing.stdout == ""
     assert missing.stderr.strip().splitlines() == [f"error: no such file: {tmp_path / 'nope.jpg'}"]
+
+
+# --- the release rule (no server) ----------------------------------------------------------------
+def _run_dispatcher(max_latency_ms: int, hold_first: float) -> tuple[list[int], list]:
+    """Submit 1 request, then 10 more while the first batch is held for `hold_first` seconds."""
+    import asyncio
+
+    from service.batching import GreedyDispatcher
+
+    sizes: list[int] = []
+
+    async def scenario() -> list:
+        dispatcher = GreedyDispatcher(max_latency_ms, 64, fallback=lambda: "shed", get_batch_size=lambda _: 1)
+
+        async def model(batch):
+            sizes.append(len(batch))
+            if len(sizes) == 1:
+                await asyncio.sleep(hold_first)
+            return [x * 2 for x in batch]
+
+        call = dispatcher(model)
+        first = asyncio.create_task(call(1))
+        while not sizes:  # the idle dispatcher released the first request on its own
+            await asyncio.sleep(0.001)
+        rest = [asyncio.create_task(call(i)) for i in range(2, 12)]
+        results = await asyncio.gather(first, *rest)
+        dispatcher.shutdown()
+        return results
+
+    return sizes, asyncio.run(scenario())
+
+
+def test_greedy_dispatcher_releases_when_free_and_batches_what_queued():
+    sizes, results = _run_dispatcher(max_latency_ms=10_000, hold_first=0.2)
+    assert sizes == [1, 10]
+    assert results == [2 * i for i in range(1, 12)]
+
+
+def test_greedy_dispatcher_sheds_requests_queued_past_max_latency():
+    sizes, results = _run_dispatcher(max_latency_ms=50, hold_first=0.5)
+    assert sizes == [1]
+    assert results == [2] + ["shed"] * 10
