@@ -75,6 +75,12 @@ def test_interrupted_smoke_search_resumes_where_it_stopped(manifest, tmp_path):
     assert again.best_trial_id == result.best_trial_id
     assert trial_files(project, TRIAL_FILE) == after
 
+    # final_epochs N (the paper profile): the best hyperparameters are retrained from scratch.
+    retrained = tune(manifest, get_profile("smoke", final_epochs=1), work_dir=work, verbose=0)
+    assert retrained.best_hyperparameters == result.best_hyperparameters
+    assert len(retrained.history["loss"]) == 1 and retrained.final_fit_wall_time_s > 0
+    assert keras.saving.load_model(retrained.model_path, compile=False).count_params() == model.count_params()
+
     # Changing the search settings without --fresh is refused (one line, names the setting).
     with pytest.raises(UserError, match="patience.*--fresh"):
         tune(manifest, get_profile("smoke", patience=5), work_dir=work, verbose=0)
@@ -134,3 +140,40 @@ def test_distributed_smoke_search_chief_and_one_worker(manifest, tmp_path):
     assert summary["role"] == "chief"
     assert [t["status"] for t in summary["trials"]] == ["COMPLETED", "COMPLETED"]
     assert (run_dir / "model.keras").exists()
+
+
+def test_class_weight_and_augment_hooks(manifest, monkeypatch):
+    """Profile hooks: 'balanced' class weights from the train split, augment resolved in training/augment.py."""
+    import types
+
+    import tensorflow as tf
+
+    from training.data import class_counts
+    from training.train import fit_ladder_model
+
+    weights = tune_mod.class_weights(manifest, "balanced")
+    counts = class_counts(manifest, "train")
+    n = sum(counts.values())
+    assert weights == {0: n / (2 * counts["no_glasses"]), 1: n / (2 * counts["glasses"])}
+    assert tune_mod.class_weights(manifest, None) is None
+
+    calls = []
+
+    def flip(image, label):
+        calls.append(1)  # traced once by tf.data
+        return tf.image.flip_left_right(image), label
+
+    monkeypatch.setitem(sys.modules, "training.augment", types.SimpleNamespace(flip=flip))
+    assert tune_mod.resolve_augment("flip") is flip
+    with pytest.raises(UserError, match="not found in training/augment.py"):
+        tune_mod.resolve_augment("nope")
+    model, history, seconds = fit_ladder_model("perceptron", manifest, epochs=1, batch_size=16,
+                                               class_weight="balanced", augment="flip", verbose=0)
+    assert calls and len(history["loss"]) == 1 and model.count_params() == 64 * 64 * 3 + 1
+
+
+def test_imbalance_warning_recommends_val_auc(manifest, monkeypatch):
+    monkeypatch.setattr("training.data.class_counts", lambda m, s: {"no_glasses": 95, "glasses": 5})
+    line = tune_mod.imbalance_warning(manifest, "val_accuracy")
+    assert line.startswith("warning: imbalanced classes (glasses = 5.0% of train)") and "val_auc" in line
+    assert tune_mod.imbalance_warning(manifest, "val_auc") is None
