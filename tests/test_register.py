@@ -62,6 +62,7 @@ def test_registered_model_predicts_like_the_original_and_records_lineage(store, 
     assert meta["class_map"] == {"no_glasses": 0, "glasses": 1}
     assert meta["preprocessing_version"] == PREPROCESSING_VERSION and meta["image_size"] == 64
     assert meta["tuner"]["profile"] == "smoke" and meta["tuner"]["objective"] == "val_accuracy"
+    assert meta["tuner"]["settings"]["class_weight"] == "none" and meta["tuner"]["settings"]["max_epochs"] == 2
     assert {"keras", "bentoml", "python"} <= set(meta["library_versions"])
     assert meta["metrics"]["confusion_matrix"]["matrix"]
     assert stored.info.labels["forced"] == "false"

@@ -156,7 +156,7 @@ def build_metadata(summary: dict, report: dict, *, gate: GateDecision, forced: b
             "trial_wall_times_s": {t["trial_id"]: t.get("wall_time_s") for t in summary.get("trials", [])},
             "trials_time_total_s": summary.get("trials_time_total_s"),
             "resumed": summary.get("resumed"),
-            "settings": {k: v for k, v in profile.items() if k not in ("name", "description")},
+            "settings": {k: "none" if v is None else v for k, v in profile.items() if k not in ("name", "description")},
         },
         "data_source": summary.get("data_source"),
         "data_fingerprint": summary["data_fingerprint"],
