@@ -16,7 +16,6 @@ STATE_DIR=$PWD/artifacts/container                              # git- and docke
 CONF="$STATE_DIR/containers.conf"
 BASE_IMAGE=localhost/glasses-base:bookworm                        # the Dockerfile's default FROM
 IMAGE=${GLASSES_IMAGE:-localhost/glasses-verdict:latest}
-CACHE_IMAGE=localhost/glasses-verdict:build-stage
 LABEL=org.opencontainers.image.title=glasses-verdict                  # set in the Dockerfile
 SUITE=bookworm
 BASE_PACKAGES=python3,python3-venv,python3-pip,ca-certificates
@@ -97,13 +96,10 @@ build_base() {
 }
 
 build_image() {
-  # --pull=never: the base is local. --network host: pip reaches PyPI. --format docker: the OCI
-  # format has no HEALTHCHECK. The build stage is tagged too, so that pruning superseded images
-  # keeps the dependency layers (the slow pip install) cached for the next build.
-  local args=(--pull=never --network host --format docker "$@")
-  podman build "${args[@]}" --target build -t "$CACHE_IMAGE" .
-  podman build "${args[@]}" -t "$IMAGE" .
-  podman image prune -f --filter "label=$LABEL" >/dev/null   # only our superseded, untagged images
+  # --pull=never: the base is local. --network host: the build reaches PyPI and the apt mirror.
+  # --format docker: the OCI image format has no HEALTHCHECK.
+  podman build --pull=never --network host --format docker -t "$IMAGE" "$@" .
+  podman image prune -f --filter "label=$LABEL" >/dev/null   # our superseded, untagged builds only
   podman image ls "$IMAGE"
 }
 
