@@ -141,7 +141,7 @@ def machine() -> dict:
 def run_benchmark(args: argparse.Namespace) -> dict:
     report: dict = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
                     "loadavg_before": os.getloadavg(), "users": args.users, "seconds": args.seconds,
-                    "warmup": args.warmup, "kinds": {}}
+                    "warmup": args.warmup, "service_env": args.service_env, "kinds": {}}
     root = args.images or generate_images(LOADTEST_DIR / "images")
     kinds = {kind: root / kind for kind in args.kinds}
     out = LOADTEST_DIR / "reports" / f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -162,7 +162,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                                      "mean_bytes": int(np.mean([len(u.data) for u in uploads[kind]]))}
         measure_ceilings()
         targets = {
-            "service": (bentoml_command, {"BENTOML_HOME": home, "GLASSES_MODEL": tag}),
+            "service": (bentoml_command, {"BENTOML_HOME": home, "GLASSES_MODEL": tag, **args.service_env}),
             "naive": (lambda port: [sys.executable, "-m", "uvicorn", "loadtests.naive_app:app", "--host", "127.0.0.1",
                                     "--port", str(port), "--log-level", "warning"],
                       {"GLASSES_NAIVE_MODEL": str(model_file)}),
@@ -209,7 +209,8 @@ def format_report(report: dict) -> str:
         f"after {' / '.join(f'{x:.2f}' for x in report['loadavg_after'])}",
         f"model {report['model']['tag']}: {report['model']['source']}",
         f"load: locust FastHttpUser subprocess, {report['users']} users back-to-back, single-image POST /predict, "
-        f"{report['seconds']:g} s after a {report['warmup']:g} s warm-up",
+        f"{report['seconds']:g} s after a {report['warmup']:g} s warm-up"
+        + (f"; service env {report['service_env']}" if report["service_env"] else ""),
         "",
         "| upload | target | img/s or req/s | p50 ms | p95 ms | p99 ms | failures | CPU ms / image | server cores "
         "| generator cores |",
@@ -250,7 +251,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="in-process ceiling run per kind (measured twice: before and after the servers)")
     parser.add_argument("--kinds", nargs="+", default=["jpeg", "png"], help="subfolders of the image set to use")
     parser.add_argument("--images", type=Path, help="image set with one subfolder per kind (default: generated)")
+    parser.add_argument("--service-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra environment for the service, e.g. GLASSES_SERVE_WORKERS=2 (repeatable)")
     args = parser.parse_args(argv)
+    try:
+        args.service_env = dict(item.split("=", 1) for item in args.service_env)
+    except ValueError:
+        parser.error("--service-env takes KEY=VALUE")
     report = run_benchmark(args)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
