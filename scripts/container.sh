@@ -5,6 +5,8 @@
 #   scripts/container.sh base [--rebuild] build the local base image (debootstrap bookworm + python3)
 #   scripts/container.sh build [ARGS...]  conf + base + `podman build` of ./Dockerfile (ARGS go to podman)
 #                                         as $GLASSES_IMAGE (default localhost/glasses-verdict:latest)
+#   scripts/container.sh bento [ARGS...]  `bentoml build` + `bentoml containerize --backend podman`
+#                                         (the Bento's own image; the model the registry resolves)
 #   scripts/container.sh podman ARGS...   run podman with the project's containers.conf
 #
 # Nothing in /etc is changed: podman reads our settings through CONTAINERS_CONF. To use podman
@@ -16,6 +18,7 @@ STATE_DIR=$PWD/artifacts/container                              # git- and docke
 CONF="$STATE_DIR/containers.conf"
 BASE_IMAGE=localhost/glasses-base:bookworm                        # the Dockerfile's default FROM
 IMAGE=${GLASSES_IMAGE:-localhost/glasses-verdict:latest}
+BENTO_IMAGE=localhost/glasses-verdict-bento:latest
 LABEL=org.opencontainers.image.title=glasses-verdict                  # set in the Dockerfile
 SUITE=bookworm
 BASE_PACKAGES=python3,python3-venv,python3-pip,ca-certificates
@@ -103,6 +106,25 @@ build_image() {
   podman image ls "$IMAGE"
 }
 
+containerize_bento() {
+  # `bentoml build` + `bentoml containerize --backend podman`. BentoML's generated Dockerfile starts
+  # FROM python:3.11-slim, which cannot be pulled here, so build from a copy of bentofile.yaml whose
+  # docker.base_image is the local base; Debian's pip needs PIP_BREAK_SYSTEM_PACKAGES to install uv,
+  # and uv needs SSL_CERT_FILE to trust this machine's proxy CA.
+  local bentofile="$STATE_DIR/bentofile.podman.yaml"
+  .venv/bin/python - "$bentofile" "$BASE_IMAGE" <<'PY'
+import sys, yaml
+out, base = sys.argv[1:]
+cfg = yaml.safe_load(open("bentofile.yaml"))
+cfg["docker"] = {"base_image": base}
+cfg["envs"] = cfg.get("envs", []) + [{"name": "SSL_CERT_FILE", "value": "/etc/ssl/certs/ca-certificates.crt"},
+                                     {"name": "PIP_BREAK_SYSTEM_PACKAGES", "value": "1"}]
+yaml.safe_dump(cfg, open(out, "w"), sort_keys=False)
+PY
+  .venv/bin/bentoml build -f "$bentofile" .
+  .venv/bin/bentoml containerize --backend podman --opt network=host -t "$BENTO_IMAGE" glasses_verdict:latest "$@"
+}
+
 cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
@@ -110,6 +132,8 @@ case "$cmd" in
   base)   command -v podman >/dev/null || die "podman is not installed"; write_conf; build_base "$@" ;;
   build)  command -v podman >/dev/null || die "podman is not installed"; write_conf; build_base
           build_image "$@" ;;
+  bento)  command -v podman >/dev/null || die "podman is not installed"; write_conf; build_base
+          containerize_bento "$@" ;;
   podman) write_conf; exec podman "$@" ;;
-  *)      sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *)      sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
