@@ -24,7 +24,7 @@ RUN if ! python3 -c "import venv, ensurepip" 2>/dev/null; then \
         apt-get update \
         && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
             python3 python3-venv ca-certificates \
-        && rm -rf /var/lib/apt/lists/*; \
+        && apt-get clean && rm -rf /var/lib/apt/lists/*; \
     fi \
     && useradd --create-home --uid 10001 --user-group glasses
 ENV LANG=C.UTF-8 \
@@ -57,7 +57,7 @@ print('\n'.join(p['dependencies'] + p['optional-dependencies']['cpu']))" >/tmp/r
     && rm -rf tensorflow/include \
     && find tensorflow -name "*.so*" -type f -exec strip --strip-unneeded {} + \
     && find . -path ./tensorflow -prune -o -type d \( -name tests -o -name test \) -prune -exec rm -rf {} + \
-    && apt-get purge -y --auto-remove binutils >/dev/null \
+    && apt-get purge -y --auto-remove binutils >/dev/null && apt-get clean \
     && rm -rf /tmp/uv /tmp/requirements.txt /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt /var/log/dpkg.log
 
 # The service code (what `make serve` runs: bentofile.yaml -> service/service.py, glasses/).
