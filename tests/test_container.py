@@ -4,8 +4,8 @@ The image is built from the repository's Dockerfile through scripts/container.sh
 containers.conf, the debootstrap base image, cached between runs), then run with host networking
 on a free 127.0.0.1 port: /readyz, a verdict for a face image, non-root, HEALTHCHECK, nothing but
 the runtime inside, SIGTERM stop within 10 s, and a model swapped in at run time from a mounted
-store. Containers are always removed. Cold (no base image, no layer cache) ~5-8 min on 2 cores,
-warm ~1 min. Skips only where podman is missing or cannot run containers.
+store. Containers are always removed. Cold (no base image, no layer cache) ~5 min on the loaded
+2-core machine, warm ~1 min. Skips only where podman is missing or cannot run containers.
 
 The baked model is models/glasses_classifier.bentomodel when it exists; otherwise a small real CNN
 (tests/_service.py) exported to artifacts/container/ and passed with --build-arg MODEL_FILE (the
@@ -32,7 +32,7 @@ import yaml
 from PIL import Image
 
 from _fixtures import face_image
-from _service import BENTOML_BIN, REPO_ROOT, _env, free_port, register_model
+from _service import BENTOML_BIN, REPO_ROOT, free_port, register_model
 from conftest import CELEBA_DIR
 from glasses.config import BUNDLED_MODEL_FILE, CLASS_NAMES
 
@@ -123,25 +123,30 @@ def bentomodel_tag(path: Path) -> str:
     return f"{info['name']}:{info['version']}"
 
 
-def model_to_bake(tmp_dir: Path) -> tuple[str, str]:
-    """(MODEL_FILE relative to the build context, its tag): the bundled model, else a test CNN.
+def model_to_bake(tmp_dir: Path) -> tuple[list[str], str]:
+    """(extra `podman build` args, tag of the model they bake): the bundled model, else a test CNN.
 
-    The test CNN is exported once and reused (its file name carries a hash of tests/_service.py,
-    which defines it), so warm builds hit the layer cache.
+    The bundled model is the Dockerfile's default MODEL_FILE. The test CNN is exported once and
+    reused (its file name carries a hash of tests/_service.py, which defines it), so warm builds hit
+    the layer cache; it is written under a temporary name and renamed, so a concurrent session never
+    reads half a file.
     """
     if BUNDLED_MODEL_FILE.exists():
-        return str(BUNDLED_MODEL_FILE.relative_to(REPO_ROOT)), bentomodel_tag(BUNDLED_MODEL_FILE)
+        return [], bentomodel_tag(BUNDLED_MODEL_FILE)
     key = hashlib.sha256((REPO_ROOT / "tests" / "_service.py").read_bytes()).hexdigest()[:12]
     path = STATE_DIR / f"test-model-{key}.bentomodel"
     if not path.exists():
         for stale in STATE_DIR.glob("test-model-*.bentomodel"):
-            stale.unlink()
+            stale.unlink(missing_ok=True)
         home = tmp_dir / "bentoml"
         tag = register_model(home, seed=0)
-        out = subprocess.run([str(BENTOML_BIN), "models", "export", tag, str(path)], env=_env(home),
+        partial = STATE_DIR / f".partial-{os.getpid()}.bentomodel"
+        env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"}
+        out = subprocess.run([str(BENTOML_BIN), "models", "export", tag, str(partial)], env=env,
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, f"bentoml models export failed:\n{out.stderr[-2000:]}"
-    return str(path.relative_to(REPO_ROOT)), bentomodel_tag(path)
+        os.replace(partial, path)
+    return ["--build-arg", f"MODEL_FILE={path.relative_to(REPO_ROOT)}"], bentomodel_tag(path)
 
 
 # --- fixtures -----------------------------------------------------------------------------------
@@ -162,14 +167,15 @@ def podman_ready() -> None:
 @pytest.fixture(scope="module")
 def image(podman_ready: None, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Build the image from the Dockerfile (base image and layers cached between runs)."""
-    model_file, tag = model_to_bake(tmp_path_factory.mktemp("bake"))
+    build_args, tag = model_to_bake(tmp_path_factory.mktemp("bake"))
     start = time.monotonic()
     out = subprocess.run(
-        ["bash", str(SCRIPT), "build", "--build-arg", f"MODEL_FILE={model_file}"],
+        ["bash", str(SCRIPT), "build", *build_args],
         env={**_podman_env(), "GLASSES_IMAGE": IMAGE}, capture_output=True, text=True, timeout=BUILD_TIMEOUT,
     )
     seconds = time.monotonic() - start
-    assert out.returncode == 0, f"image build failed:\n{out.stdout[-4000:]}\n{out.stderr[-3000:]}"
+    (STATE_DIR / "build.log").write_text(out.stdout + out.stderr)
+    assert out.returncode == 0, f"image build failed (artifacts/container/build.log):\n{out.stderr[-3000:]}"
     size = int(podman("image", "inspect", IMAGE, "--format", "{{.Size}}").stdout)
     print(f"\ncontainer: built {IMAGE} in {seconds:.0f} s, {size / 1e9:.2f} GB, baked model {tag}")
     return {"tag": tag, "size": size, "build_seconds": seconds}
