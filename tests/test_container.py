@@ -29,7 +29,6 @@ from typing import Iterator
 
 import pytest
 import yaml
-from PIL import Image
 
 from _fixtures import face_image
 from _service import BENTOML_BIN, REPO_ROOT, free_port, register_model
