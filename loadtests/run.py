@@ -96,12 +96,16 @@ def memory_report(samples: list[tuple[float, int]], warmup_s: float) -> dict:
     """RSS at the start of steady load (first sample after `warmup_s`), at the end, peak, and growth."""
     steady = [s for s in samples if s[0] >= warmup_s] or samples
     start, end = steady[0][1], samples[-1][1]
+    mid = steady[len(steady) // 2][1]  # a leak keeps growing in the second half; a warming cache levels off
     return {
         "rss_ready_mb": samples[0][1] / 2**20,
         "rss_start_mb": start / 2**20,
+        "rss_mid_mb": mid / 2**20,
         "rss_end_mb": end / 2**20,
         "rss_peak_mb": max(s[1] for s in samples) / 2**20,
         "growth": (end - start) / start if start else 0.0,
+        "growth_second_half": (end - mid) / mid if mid else 0.0,
+        "samples": [(round(t, 1), round(rss / 2**20, 1)) for t, rss in samples],
     }
 
 
@@ -168,8 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     if result.generator:
         print(f"load generator CPU: {result.generator['cores']:.2f} cores over {result.generator['wall_s']:.0f}s")
     if memory:
-        print("server RSS: ready {rss_ready_mb:.0f} MB, start of load {rss_start_mb:.0f} MB, end {rss_end_mb:.0f} MB, "
-              "peak {rss_peak_mb:.0f} MB, growth {growth:+.1%}".format(**memory))
+        print("server RSS: ready {rss_ready_mb:.0f} MB, start of load {rss_start_mb:.0f} MB, middle {rss_mid_mb:.0f} MB, "
+              "end {rss_end_mb:.0f} MB, peak {rss_peak_mb:.0f} MB; growth {growth:+.1%} "
+              "({growth_second_half:+.1%} in the second half)".format(**memory))
+        (out / f"{args.profile}_memory.json").write_text(json.dumps(memory, indent=1))
         limit = profile.get("max_rss_growth")
         if limit is not None and memory["growth"] > limit:
             breaches.append(f"server memory grew {memory['growth']:+.1%} during the run (limit {limit:+.0%})")

@@ -146,9 +146,11 @@ def test_memory_report_measures_growth_after_warmup() -> None:
     mb = 2**20
     samples = [(0.0, 500 * mb), (10.0, 800 * mb), (20.0, 820 * mb), (30.0, 880 * mb)]
     report = memory_report(samples, warmup_s=10.0)
-    assert (report["rss_ready_mb"], report["rss_start_mb"], report["rss_end_mb"], report["rss_peak_mb"]) == (
-        500, 800, 880, 880)
+    assert (report["rss_ready_mb"], report["rss_start_mb"], report["rss_mid_mb"], report["rss_end_mb"],
+            report["rss_peak_mb"]) == (500, 800, 820, 880, 880)
     assert report["growth"] == pytest.approx(0.10)
+    assert report["growth_second_half"] == pytest.approx(60 / 820)
+    assert report["samples"][0] == (0.0, 500.0)
 
 
 # --- the runner ----------------------------------------------------------------------------------
