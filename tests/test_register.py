@@ -116,11 +116,12 @@ def test_crash_mid_registration_leaves_nothing(store, monkeypatch):
     assert len(made) == 1 and not Path(made[0]).exists()  # BentoML's temp dir cleaned up
 
 
-def test_export_import_round_trip_and_bentoml_cli_sees_the_store(store, manifest, tmp_path, capsys):
+def test_export_import_round_trip_and_bentoml_cli_sees_the_store(store, manifest, tmp_path, capsys, monkeypatch):
     model = small_model(6)
     result = register(write_run_dir(tmp_path / "run", model, manifest))
-    archive = export_version(result.tag, tmp_path / "model.bentomodel")
-    assert archive.exists()
+    monkeypatch.chdir(tmp_path)  # a path relative to the working directory, as users type it
+    archive = export_version(result.tag, "model.bentomodel")
+    assert archive == tmp_path / "model.bentomodel" and archive.exists()
 
     bentoml.models.delete(result.tag)
     assert registry.list_models() == []

@@ -269,7 +269,7 @@ def export_version(tag: str, path: str | Path) -> Path:
     from glasses import registry
 
     model = registry.get_model(tag)
-    path = Path(path)
+    path = Path(path).resolve()  # bentoml resolves relative paths against "/", not the cwd
     if path.suffix != ".bentomodel":
         raise UserError(f"export file must end in .bentomodel, got {path.name}")
     if not path.parent.exists():
@@ -281,7 +281,7 @@ def import_version(path: str | Path) -> str:
     """Import a `.bentomodel` archive into the store; returns its tag (not promoted)."""
     import bentoml
 
-    path = Path(path)
+    path = Path(path).resolve()
     if not path.is_file():
         raise UserError(f"{path} does not exist")
     try:
