@@ -97,31 +97,29 @@ def build_perceptron(size: int = IMAGE_SIZE) -> keras.Model:
     return compile_binary(keras.Model(inputs, outputs, name="perceptron"))
 
 
-def build_first_cnn(size: int = IMAGE_SIZE) -> keras.Model:
-    """The paper's first CNN: two conv/pool blocks, Dense(128)."""
+def _two_block_cnn(name: str, filters: tuple[int, int], dropout: float, size: int) -> keras.Model:
+    """Conv(f1, 3) MaxPool Conv(f2, 3, stride 2) MaxPool Flatten Dense(128) [Dropout] Dense(1, sigmoid)."""
     inputs = _input(size)
-    x = layers.Conv2D(16, 3, padding="same", activation="relu")(inputs)
+    x = layers.Conv2D(filters[0], 3, padding="same", activation="relu")(inputs)
     x = layers.MaxPooling2D()(x)
-    x = layers.Conv2D(32, 3, strides=2, padding="same", activation="relu")(x)
+    x = layers.Conv2D(filters[1], 3, strides=2, padding="same", activation="relu")(x)
     x = layers.MaxPooling2D()(x)
     x = layers.Flatten()(x)
     x = layers.Dense(128, activation="relu")(x)
+    if dropout:
+        x = layers.Dropout(dropout)(x)
     outputs = layers.Dense(1, activation="sigmoid")(x)
-    return compile_binary(keras.Model(inputs, outputs, name="first_cnn"))
+    return compile_binary(keras.Model(inputs, outputs, name=name))
+
+
+def build_first_cnn(size: int = IMAGE_SIZE) -> keras.Model:
+    """The paper's first CNN: two conv/pool blocks (16/32 filters), Dense(128)."""
+    return _two_block_cnn("first_cnn", (16, 32), 0.0, size)
 
 
 def build_dropout_cnn(size: int = IMAGE_SIZE) -> keras.Model:
     """The first CNN made leaner (12/24 filters) with Dropout(0.4) before the output."""
-    inputs = _input(size)
-    x = layers.Conv2D(12, 3, padding="same", activation="relu")(inputs)
-    x = layers.MaxPooling2D()(x)
-    x = layers.Conv2D(24, 3, strides=2, padding="same", activation="relu")(x)
-    x = layers.MaxPooling2D()(x)
-    x = layers.Flatten()(x)
-    x = layers.Dense(128, activation="relu")(x)
-    x = layers.Dropout(0.4)(x)
-    outputs = layers.Dense(1, activation="sigmoid")(x)
-    return compile_binary(keras.Model(inputs, outputs, name="dropout_cnn"))
+    return _two_block_cnn("dropout_cnn", (12, 24), 0.4, size)
 
 
 def build_batchnorm_cnn(size: int = IMAGE_SIZE) -> keras.Model:
