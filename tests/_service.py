@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from glasses.config import CLASS_MAP, IMAGE_SIZE, MODEL_NAME  # noqa: E402
+from loadtests.server import free_port  # noqa: E402,F401  (re-exported for the test modules)
 
 BENTOML_BIN = Path(sys.executable).parent / "bentoml"
 READY_TIMEOUT = 240.0  # seconds; TF import + model load + warm-up on a loaded 2-core machine
@@ -130,13 +130,6 @@ def model_file(home: Path, tag: str) -> Path:
 
 
 # --- server -------------------------------------------------------------------------------------
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (bind to port 0)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True",
            "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO_ROOT)}
