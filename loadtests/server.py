@@ -36,21 +36,26 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def bentoml_command(port: int) -> list[str]:
-    """`bentoml serve` of the repository's bentofile.yaml on 127.0.0.1:port."""
-    return [sys.executable, "-m", "bentoml", "serve", "--host", HOST, "--port", str(port)]
+def bentoml_command(port: int, args: tuple[str, ...] = ()) -> list[str]:
+    """`bentoml serve` of the repository's bentofile.yaml on 127.0.0.1:port (plus extra options)."""
+    return [sys.executable, "-m", "bentoml", "serve", "--host", HOST, "--port", str(port), *args]
 
 
 class Server:
-    """A server subprocess; use as a context manager or call stop()."""
+    """A server subprocess, started and ready on construction; use as a context manager or call stop().
 
-    def __init__(self, command: list[str], port: int, env: dict[str, str] | None = None,
+    `env` is added to this process's environment (with QUIET_ENV); a value of None unsets a variable.
+    """
+
+    def __init__(self, command: list[str], port: int, env: dict[str, str | None] | None = None,
                  cwd: Path = REPO_ROOT, ready_path: str = "/readyz", timeout: float = 180.0):
+        self.port = port
         self.url = f"http://{HOST}:{port}"
         self.command = command
+        environ = {**os.environ, **QUIET_ENV, **(env or {})}
         self._log = tempfile.NamedTemporaryFile(prefix="glasses-server-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen(command, cwd=cwd, env={**os.environ, **QUIET_ENV, **(env or {})}, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(command, cwd=cwd, env={k: v for k, v in environ.items() if v is not None},
+                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             self._wait_ready(ready_path, timeout)
         except BaseException:
@@ -105,20 +110,29 @@ class Server:
         return total
 
     def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM the process group, SIGKILL it if still alive after `timeout` seconds."""
+        """SIGTERM the server, SIGKILL whatever is left after `timeout` seconds; idempotent.
+
+        BentoML's workers run in sessions of their own, so the process tree is collected first and
+        every survivor is killed by pid, not just the server's process group.
+        """
+        tree = self._processes()
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGTERM)
                 self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-            except ProcessLookupError:
+            except (subprocess.TimeoutExpired, ProcessLookupError):
                 pass
         try:  # whatever is left of the group (a hung root, orphaned workers)
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         self.proc.wait()
+        _, alive = psutil.wait_procs(tree[1:], timeout=5)
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
         self._log.close()
         Path(self._log.name).unlink(missing_ok=True)
 

@@ -2,7 +2,7 @@
 
     home = tmp / "bentoml"
     tag = register_model(home, seed=0)                  # a real Keras CNN in a private BentoML store
-    with start_server(home) as server:                   # `bentoml serve` subprocess on a free port
+    with ServiceServer(home) as server:                  # `bentoml serve` subprocess on a free port
         requests.post(f"{server.url}/predict", files={"image": open("face.jpg", "rb")})
 
 `register_model` runs in a subprocess because BentoML reads BENTOML_HOME once per process; the
@@ -15,14 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +25,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from glasses.config import CLASS_MAP, IMAGE_SIZE, MODEL_NAME  # noqa: E402
-from loadtests.server import free_port  # noqa: E402,F401  (re-exported for the test modules)
+from loadtests.server import Server, bentoml_command, free_port  # noqa: E402  (free_port re-exported)
 
 BENTOML_BIN = Path(sys.executable).parent / "bentoml"
 READY_TIMEOUT = 240.0  # seconds; TF import + model load + warm-up on a loaded 2-core machine
@@ -138,113 +132,18 @@ def _env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-@dataclass
-class ServiceServer:
-    """A running `bentoml serve` subprocess (its own process group) on 127.0.0.1."""
-
-    proc: subprocess.Popen
-    port: int
-    home: Path
-    log_path: Path
-    url: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def log(self, tail: int = 4000) -> str:
-        """The last `tail` characters of the server's combined stdout/stderr."""
-        try:
-            return self.log_path.read_text(errors="replace")[-tail:]
-        except OSError:
-            return ""
-
-    def is_ready(self) -> bool:
-        """GET /readyz answers 200."""
-        try:
-            with urllib.request.urlopen(f"{self.url}/readyz", timeout=5) as resp:
-                return resp.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
-
-    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
-        """Block until /readyz is 200; RuntimeError with the log tail if the server dies or times out."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"bentoml serve exited with {self.proc.returncode}:\n{self.log()}")
-            if self.is_ready():
-                return
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"bentoml serve not ready after {timeout:.0f} s:\n{self.log()}")
-
-    def stop(self, timeout: float = 20.0) -> None:
-        """Stop the server: SIGTERM to `bentoml serve` (it stops its workers), SIGKILL what is left.
-
-        BentoML's workers run in their own sessions, so they are collected (by pid) before the
-        arbiter is signalled, and killed individually if they outlive it.
-        """
-        import psutil
-
-        if self.proc.poll() is not None:
-            return
-        try:
-            children = psutil.Process(self.proc.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            children = []
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-        _, alive = psutil.wait_procs(children, timeout=5)
-        for child in alive:
-            try:
-                child.kill()
-            except psutil.NoSuchProcess:
-                pass
-
-    def __enter__(self) -> ServiceServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def start_server(
-    home: Path,
-    *,
-    env: dict[str, str] | None = None,
-    port: int | None = None,
-    args: tuple[str, ...] = (),
-    wait: bool = True,
-    timeout: float = READY_TIMEOUT,
-) -> ServiceServer:
-    """Start `bentoml serve` in the repository root against the store at `home`; wait for /readyz.
+class ServiceServer(Server):
+    """`bentoml serve` in the repository root (bentofile.yaml) over the store at `home`, ready on return.
 
     `env` adds variables (e.g. {"GLASSES_MODEL": tag}); `args` adds `bentoml serve` options.
-    Use as a context manager or call `.stop()`.
+    Start/ready/stop is loadtests.server.Server, the one used by the load tests and benchmarks.
     """
-    port = port or free_port()
-    log_path = Path(tempfile.mkstemp(prefix="glasses-serve-", suffix=".log")[1])
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [str(BENTOML_BIN), "serve", "--host", "127.0.0.1", "--port", str(port), *args],
-            cwd=REPO_ROOT,
-            env=_env(home, env),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    server = ServiceServer(proc, port, home, log_path)
-    if wait:
-        try:
-            server.wait_ready(timeout)
-        except BaseException:
-            server.stop()
-            raise
-    return server
+
+    def __init__(self, home: Path, *, env: dict[str, str] | None = None, port: int | None = None,
+                 args: tuple[str, ...] = (), timeout: float = READY_TIMEOUT):
+        self.home = home
+        port = port or free_port()
+        super().__init__(bentoml_command(port, args), port, env=_env(home, env), timeout=timeout)
 
 
 # --- pytest: one model + one server per session --------------------------------------------------
@@ -262,7 +161,7 @@ def shared_server(request: Any, tmp_path_factory: Any) -> ServiceServer:
     if _SHARED is None or _SHARED.proc.poll() is not None:
         home = tmp_path_factory.mktemp("service-store") / "bentoml"
         register_model(home, seed=0)
-        _SHARED = start_server(home)
+        _SHARED = ServiceServer(home)
         request.config.add_cleanup(_SHARED.stop)
     return _SHARED
 
