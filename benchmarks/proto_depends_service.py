@@ -4,7 +4,7 @@
 
 The front decodes strictly exactly like service/service.py, then calls the model service's batchable
 API over HTTP with pickle transport. `runner_connection` works around upstream #5540 (the client
-otherwise drops a request every 100th call). Compare with benchmarks/bench_service.py.
+otherwise drops a request every 100th call). Compared with the in-process dispatcher: docs/service.md.
 """
 
 from __future__ import annotations

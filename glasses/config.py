@@ -103,7 +103,7 @@ PAPER_RESULTS: dict[str, dict] = {
 # phone photos; a request over it is refused with 413 before it is read into memory.
 MAX_REQUEST_BYTES = 32 * 1024 * 1024  # whole HTTP body of any POST
 MAX_BATCH_IMAGES = 32  # images in one /predict_batch request
-# Adaptive batching and process layout, chosen from benchmarks/bench_service.py on the 2-core box
+# Adaptive batching and process layout, chosen from measurements on the 2-core box (docs/service.md)
 # (the reasoning is in the comment at the top of service/service.py).
 SERVE_MAX_BATCH_SIZE = 64
 SERVE_MAX_LATENCY_MS = 3000  # queueing bound before a request is shed with 503

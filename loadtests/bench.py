@@ -9,6 +9,9 @@ In one run, on the same machine, with the same model and the same images (per up
 2. service: the real `bentoml serve` on 127.0.0.1 under saturating load (locust FastHttpUser in a
    subprocess, users back-to-back, single-image POST /predict): successful req/s and p50/p95/p99;
 3. naive: loadtests/naive_app.py (starlette + uvicorn, `model.predict` per request), same load.
+For both servers also: batch-1 latency (sequential single requests, one at a time) before and right
+after the saturating load (a release rule that keeps waiting after a burst shows up there), and for
+the service BentoML's mean adaptive batch size during the load (from /metrics).
 Ratios: service/ceiling and service/naive. The ceiling is measured before and after the servers and
 the better run counts. The load generator shares the 2 cores: its own CPU use (cores busy during the
 measured window) is measured and reported beside each figure, as is the server's, and
@@ -28,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -37,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from glasses.config import BUNDLED_MODEL_FILE, CLASS_MAP, DEFAULT_THRESHOLD, IMAGE_SIZE, LOADTEST_DIR, SEED
-from loadtests.images import generate_images, load_images
+from loadtests.images import Upload, generate_images, load_images, multipart_body
 from loadtests.run import run_locust
 from loadtests.server import Server, bentoml_command, free_port
 
@@ -45,6 +49,7 @@ KIND_LABELS = {"jpeg": "178x218 JPEG", "png": "1024x1024 PNG"}
 # Goals from the issue: service/ceiling and service/naive per upload kind (None = no goal).
 GOALS = {"jpeg": {"service/ceiling": 0.6, "service/naive": 10.0}, "png": {"service/ceiling": 0.85, "service/naive": None}}
 CEILING_BATCH = 64
+LATENCY_REQUESTS = 100  # sequential batch-1 requests before and after each saturating load
 
 
 def register_model(home: Path) -> tuple[str, Path, str]:
@@ -108,27 +113,62 @@ class Ceiling:
                 "decode_threads": threads}
 
 
-def measure_http(server: Server, images: Path, out: Path, name: str, users: int, seconds: float,
-                 warmup: float) -> dict:
+def batch1_latency(url: str, uploads: list[Upload], n: int) -> dict:
+    """`n` single-image POST /predict requests one after another (keep-alive): p50/p95 ms of the 200s."""
+    import requests
+
+    bodies = [multipart_body("image", [up]) for up in uploads[:n]]
+    latencies = []
+    with requests.Session() as session:
+        for i in range(n + 3):  # the first 3 warm the connection and are not counted
+            body, content_type = bodies[i % len(bodies)]
+            start = time.perf_counter()
+            resp = session.post(f"{url}/predict", data=body, headers={"Content-Type": content_type}, timeout=30)
+            if i >= 3 and resp.status_code == 200:
+                latencies.append(1000 * (time.perf_counter() - start))
+    return {"requests": n, "ok": len(latencies), "p50_ms": float(np.percentile(latencies, 50)) if latencies else None,
+            "p95_ms": float(np.percentile(latencies, 95)) if latencies else None}
+
+
+def adaptive_batches(url: str) -> tuple[float, float] | None:
+    """(sum, count) of BentoML's adaptive batch size histogram on /metrics; None without one."""
+    import requests
+
+    resp = requests.get(f"{url}/metrics", timeout=10)
+    if resp.status_code != 200 or "adaptive_batch_size_count" not in resp.text:
+        return None
+    value = lambda name: sum(float(v) for v in re.findall(rf"adaptive_batch_size_{name}{{[^}}]*}} ([0-9.e+]+)", resp.text))  # noqa: E731
+    return value("sum"), value("count")
+
+
+def measure_http(server: Server, images: Path, uploads: list[Upload], out: Path, name: str, users: int,
+                 seconds: float, warmup: float) -> dict:
     """Saturating single-image /predict load from locust (subprocess); successful req/s and latencies.
 
-    Also the server's CPU ms per request (its whole process tree, over the measured run) and the
-    load generator's own CPU use (cores busy during the test).
+    Also the server's CPU ms per request (its whole process tree, over the measured run), the load
+    generator's own CPU use (cores busy during the test), the mean adaptive batch (service only) and
+    batch-1 latency measured before and right after the load.
     """
     common = dict(users=users, spawn_rate=users, think_ms=0, images=images, user_classes=("PredictUser",))
     run_locust(server.url, out, f"{name}-warmup", run_time=warmup, html=False, **common)
-    cpu0 = server.cpu_seconds()
+    before = batch1_latency(server.url, uploads, LATENCY_REQUESTS)
+    batches0, cpu0 = adaptive_batches(server.url), server.cpu_seconds()
     run = run_locust(server.url, out, name, run_time=seconds, **common)
-    server_cpu = server.cpu_seconds() - cpu0
+    server_cpu, batches1 = server.cpu_seconds() - cpu0, adaptive_batches(server.url)
+    after = batch1_latency(server.url, uploads, LATENCY_REQUESTS)
     row = next((s for s in run.stats if s.name == "/predict"), None)
     if row is None or row.requests == 0:
         raise RuntimeError(f"no /predict requests recorded for {name}; see {run.csv_prefix}.log")
     wall = run.generator.get("wall_s") or seconds
     ok = row.requests - row.failures
+    mean_batch = None
+    if batches0 and batches1 and batches1[1] > batches0[1]:
+        mean_batch = (batches1[0] - batches0[0]) / (batches1[1] - batches0[1])
     return {"req_per_s": row.rps * (1 - row.failure_ratio), "requests": row.requests, "failures": row.failures,
             "p50_ms": row.p50_ms, "p95_ms": row.p95_ms, "p99_ms": row.p99_ms,
             "generator_cores": run.generator.get("cores"), "server_cores": server_cpu / wall,
-            "cpu_ms_per_request": 1000 * server_cpu / ok if ok else None}
+            "cpu_ms_per_request": 1000 * server_cpu / ok if ok else None, "mean_batch": mean_batch,
+            "batch1": before, "batch1_after_load": after}
 
 
 def machine() -> dict:
@@ -174,8 +214,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                 report[f"{target}_rss_mb"] = server.rss_bytes() / 2**20
                 for kind, folder in kinds.items():
                     log(f"{target} {kind}: {args.users} users x {args.seconds:g}s ...")
-                    report["kinds"][kind][target] = measure_http(server, folder, out, f"{target}-{kind}", args.users,
-                                                                 args.seconds, args.warmup)
+                    report["kinds"][kind][target] = measure_http(server, folder, uploads[kind], out, f"{target}-{kind}",
+                                                                 args.users, args.seconds, args.warmup)
         measure_ceilings()
     for kind, res in report["kinds"].items():
         res["ceiling_runs"] = [c["images_per_s"] for c in ceilings[kind]]
@@ -233,6 +273,14 @@ def format_report(report: dict) -> str:
             met = "-" if goal is None or value is None else ("yes" if value >= goal else "NO")
             lines.append(f"| {res['label']} | {name} | {f(value, '.2f')} | {f(goal, 'g')} | {met} "
                          f"| {f(res['cpu_ratios'].get(name), '.2f')} |")
+    lines += ["", f"| upload | target | batch-1 p50 / p95 ms ({LATENCY_REQUESTS} sequential) | right after the load "
+              "| mean adaptive batch under load |", "|---|---|---:|---:|---:|"]
+    for kind, res in report["kinds"].items():
+        for target in ("service", "naive"):
+            r = res[target]
+            b, a = r["batch1"], r["batch1_after_load"]
+            lines.append(f"| {res['label']} | {target} | {f(b['p50_ms'], '.1f')} / {f(b['p95_ms'], '.1f')} "
+                         f"| {f(a['p50_ms'], '.1f')} / {f(a['p95_ms'], '.1f')} | {f(r['mean_batch'], '.1f')} |")
     lines += ["", "ceiling parts (images/s): " + "; ".join(
         f"{res['label']}: decode+preprocess {res['ceiling']['decode_images_per_s']:.0f} "
         f"({res['ceiling']['decode_threads']} threads), compiled inference {res['ceiling']['infer_images_per_s']:.0f}"

@@ -5,7 +5,7 @@
     GET  /model          the served model's card
     POST /infer          the batchable inference API: uint8 pixels (N, S, S, 3) -> P(glasses) (N,)
 
-How a request flows, and why (measured with benchmarks/bench_service.py; figures in docs/service.md):
+How a request flows, and why (figures and how they were measured: docs/service.md):
   1. `read_uploads` parses the multipart body itself (BentoML's parser answers 500 to several client
      faults) and `decode_upload` decodes every image fully, in a thread pool, BEFORE anything is
      batched: a bad upload fails its own request (4xx) and can never poison an adaptive batch.
