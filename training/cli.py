@@ -19,6 +19,7 @@ STAGES = (
     "training.tune",
     "training.evaluate",
     "training.register",
+    "training.compare",
     "training.run",
     "training.experiments",
 )
