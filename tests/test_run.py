@@ -70,3 +70,22 @@ def test_experiments_writes_the_table_beside_the_papers_numbers(finished_run):
     data = json.loads((results.parent / "results.json").read_text())
     assert [r["name"] for r in data["rows"]] == ["perceptron", "batchnorm_cnn_lr_decay", "hyperband"]
     assert all(Path(r["report"]).exists() for r in data["rows"])
+
+
+def test_experiments_reuses_a_finished_run_for_the_hyperband_row(finished_run):
+    """--tuned-run: the run's evaluated model is the Hyperband row; another manifest is refused up front."""
+    from training.cli import UserError
+    from training.experiments import experiments
+
+    artefacts = dict(line.split(None, 1) for line in finished_run["proc"].stdout.split("== artefacts")[1].strip().splitlines())
+    run_dir = Path(artefacts["run_dir"].strip())
+    results = experiments(f"folders:{finished_run['source']}", profile="smoke", epochs=1, size=64,
+                          work_dir=finished_run["work"], out_dir=finished_run["base"] / "exp-reuse",
+                          ladder=("perceptron",), tuned_run=run_dir)
+    rows = json.loads((results.parent / "results.json").read_text())["rows"]
+    evaluation = json.loads((run_dir / "evaluation.json").read_text())
+    assert [r["name"] for r in rows] == ["perceptron", "hyperband"]
+    assert rows[1]["metrics"] == evaluation["metrics"] and rows[1]["report"] == str(run_dir / "evaluation.json")
+    with pytest.raises(UserError, match="another split manifest"):  # 128 px: a different manifest
+        experiments(f"folders:{finished_run['source']}", profile="smoke", epochs=1, size=128,
+                    work_dir=finished_run["work"], out_dir=finished_run["base"] / "exp-other", tuned_run=run_dir)

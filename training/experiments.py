@@ -2,7 +2,9 @@
 
     prepare(source) -> for perceptron, first CNN, dropout CNN, batch-norm CNN, batch-norm CNN + LR
     decay: fit `epochs` epochs (train.py) and evaluate on test (threshold 0.5, as the paper)
-    -> Hyperband with the profile (tune.py; resumes / reuses a finished search of the same data)
+    -> Hyperband with the profile (tune.py; resumes / reuses a finished search of the same data),
+       or, with --tuned-run DIR, the evaluated model of a finished `glasses-train run` on the same
+       split manifest (no search, no refit)
     -> results.md (markdown table) + results.json + one report/curves folder per model in
        WORK_DIR/experiments/<timestamp>-<profile>/
 
@@ -71,6 +73,7 @@ def experiments(
     out_dir: str | Path | None = None,
     ladder: tuple[str, ...] | None = None,
     fresh: bool = False,
+    tuned_run: str | Path | None = None,
 ) -> Path:
     """Run the ladder + Hyperband on `source`; returns the path of results.md."""
     from training import models
@@ -91,6 +94,7 @@ def experiments(
 
     data = prepare(source, size=size or config["image_size"], work_dir=work_dir)
     manifest = data.manifest_path
+    tuned_row = tuned_run_row(tuned_run, manifest) if tuned_run else None  # fail before hours of fitting
     rows = []
     for name in names:
         print(f"== {name} ({epochs} epochs)", flush=True)
@@ -102,17 +106,16 @@ def experiments(
         rows.append({"name": name, "params": report["params"], "epochs": len(history.get("loss", [])),
                      "seconds": seconds, "metrics": report["metrics"], "report": report.get("report_path")})
 
-    print(f"== hyperband (profile {profile})", flush=True)
-    result = tune(manifest, config, fresh=fresh, work_dir=work_dir, run_dir=new_run_dir(work_dir, profile))
-    if result.role == "worker":
-        raise UserError("experiments cannot run as a distributed-search worker; unset KERASTUNER_* variables")
-    report = evaluate_run(result.run_dir)
-    print(f"   {format_metrics(report['metrics'])}", flush=True)
-    rows.append({"name": "hyperband", "params": report["params"], "epochs": len(result.history.get("loss", [])),
-                 "seconds": sum(t.get("wall_time_s", 0.0) for t in result.trials) + result.final_fit_wall_time_s,
-                 "metrics": report["metrics"], "report": report.get("report_path"),
-                 "hyperparameters": result.best_hyperparameters})
-
+    if tuned_run is None:
+        print(f"== hyperband (profile {profile})", flush=True)
+        result = tune(manifest, config, fresh=fresh, work_dir=work_dir, run_dir=new_run_dir(work_dir, profile))
+        if result.role == "worker":
+            raise UserError("experiments cannot run as a distributed-search worker; unset KERASTUNER_* variables")
+        print(f"   {format_metrics(evaluate_run(result.run_dir)['metrics'])}", flush=True)
+        tuned_row = tuned_run_row(result.run_dir, manifest)
+    else:
+        print(f"== hyperband: the evaluated model of {tuned_run}", flush=True)
+    rows.append(tuned_row)
     table = results_table(rows, source=source, counts=data.counts, profile=profile)
     (out_dir / "results.md").write_text(table)
     (out_dir / "results.json").write_text(json.dumps({"source": source, "profile": profile, "epochs": epochs,
@@ -120,6 +123,27 @@ def experiments(
     print(table)
     print(f"results: {out_dir / 'results.md'}")
     return out_dir / "results.md"
+
+
+def tuned_run_row(run_dir: str | Path, manifest: Path) -> dict:
+    """The Hyperband row from a finished, evaluated run directory tuned on the same split manifest."""
+    from training.data import manifest_hash
+    from training.evaluate import REPORT_FILE
+    from training.tune import read_tune_summary
+
+    run_dir = Path(run_dir)
+    summary = read_tune_summary(run_dir)
+    report_path = run_dir / REPORT_FILE
+    if not report_path.exists():
+        raise UserError(f"{report_path} does not exist; evaluate the run first (glasses-train evaluate --run-dir)")
+    if summary["manifest_hash"] != manifest_hash(manifest):
+        raise UserError(f"{run_dir} was tuned on another split manifest than {manifest}")
+    report = json.loads(report_path.read_text())
+    history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").exists() else {}
+    return {"name": "hyperband", "params": report["params"], "epochs": len(history.get("loss", [])),
+            "seconds": summary.get("trials_time_total_s", 0.0) + summary.get("final_fit_wall_time_s", 0.0),
+            "metrics": report["metrics"], "report": str(report_path),
+            "hyperparameters": summary.get("best_hyperparameters")}
 
 
 def add_cli(subparsers) -> None:
@@ -132,6 +156,9 @@ def add_cli(subparsers) -> None:
     p.add_argument("--size", type=int, default=None, help="image side (default: the profile's)")
     p.add_argument("--models", default=None, help="comma-separated subset of the ladder")
     p.add_argument("--fresh", action="store_true", help="restart the Hyperband search")
+    p.add_argument("--tuned-run", type=Path, default=None,
+                   help="run directory of a finished `glasses-train run` on the same data: its evaluated model "
+                        "is the Hyperband row (no search, no refit)")
     p.add_argument("--work-dir", type=Path, default=WORK_DIR)
     p.add_argument("--out", type=Path, default=None, help="results directory")
     p.set_defaults(func=_cli)
@@ -140,5 +167,6 @@ def add_cli(subparsers) -> None:
 def _cli(args) -> int:
     ladder = tuple(m.strip() for m in args.models.split(",")) if args.models else None
     experiments(args.source, profile=args.profile, epochs=args.epochs, size=args.size, work_dir=args.work_dir,
-                out_dir=args.out, ladder=ladder, fresh=args.fresh)
+                out_dir=args.out, ladder=ladder, fresh=args.fresh,
+                tuned_run=args.tuned_run)
     return 0
