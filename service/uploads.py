@@ -17,12 +17,19 @@ import numpy as np
 from pydantic import BaseModel, BeforeValidator
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
+from glasses.config import MAX_REQUEST_BYTES
 from service.inference import UploadError
 
 MULTIPART = "multipart/form-data"
+
+# Starlette spools an uploaded file to disk past 1 MiB, and then every ~64 KiB chunk is written
+# through a thread-pool hop: ~25 hops and a temp file for a 1.6 MB PNG. read_uploads reads every file
+# into memory right after parsing anyway, and BodyLimitMiddleware caps the body at MAX_REQUEST_BYTES,
+# so keeping files in memory up to that cap costs no extra peak memory and saves that CPU.
+MultiPartParser.spool_max_size = MAX_REQUEST_BYTES
 
 
 # --- schemas: what the OpenAPI page shows --------------------------------------------------------

@@ -91,6 +91,8 @@ def generated_uploads() -> dict[str, bytes]:
         "rgb.bmp": _save(rgb, "BMP"),
         "rgb.tiff": _save(rgb, "TIFF"),
         "square-large.png": _save(_picture(1024, 1024, seed=4), "PNG"),
+        # ~3 MB: past Starlette's default 1 MiB in-memory spool (service/uploads.py keeps it in memory)
+        "noisy-large.png": _save(Image.fromarray(np.random.default_rng(5).integers(0, 256, (1024, 1024, 3), np.uint8)), "PNG"),
         "animated.gif": _save(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100),
     }
 
