@@ -38,7 +38,14 @@ def _read_pointer() -> dict:
     path = _pointer_file()
     if not path.exists():
         return {"promoted": None, "history": []}
-    return json.loads(path.read_text())
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RegistryError(f"cannot read the promotion pointer {path} ({exc}); fix or delete it, then "
+                            f"`glasses-train registry promote TAG`") from None
+    if not isinstance(state, dict):
+        raise RegistryError(f"the promotion pointer {path} is not a JSON object; fix or delete it")
+    return state
 
 
 def list_models() -> list[bentoml.Model]:
@@ -57,6 +64,8 @@ def get_model(tag: str) -> bentoml.Model:
         return bentoml.models.get(full)
     except bentoml.exceptions.NotFound:
         raise RegistryError(f"no model {full!r} in the store at {bentoml_home()}") from None
+    except (bentoml.exceptions.BentoMLException, ValueError) as exc:  # a malformed tag
+        raise RegistryError(f"{tag!r} is not a valid model tag: {str(exc).splitlines()[0]}") from None
 
 
 def promoted_tag() -> str | None:
@@ -81,14 +90,18 @@ def promote(tag: str) -> str:
     path = _pointer_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".glasses_registry.")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(state, fh, indent=2)
-    os.replace(tmp, path)  # atomic: readers see the old or the new pointer, never half of one
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(state, fh, indent=2)
+        os.replace(tmp, path)  # atomic: readers see the old or the new pointer, never half of one
+    finally:
+        Path(tmp).unlink(missing_ok=True)  # only left when the write or the rename failed
     return full
 
 
 def import_bundled_model(path: Path = BUNDLED_MODEL_FILE) -> str:
-    """Import the bundled default `.bentomodel` into the store (if absent) and return its tag."""
+    """Import the bundled default `.bentomodel` into the store and return its tag (the store must not
+    hold that version yet: `resolve_tag` calls this only for an empty store)."""
     if not path.exists():
         raise RegistryError(f"bundled model {path} is missing")
     model = bentoml.models.import_model(str(path))

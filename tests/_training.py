@@ -98,7 +98,7 @@ def write_run_dir(run_dir: Path, model, manifest: Path, *, profile: str = "smoke
         "params": int(model.count_params()), "training_wall_time_s": 1.0, "search_wall_time_s": 1.0,
     }
     (run_dir / "tune.json").write_text(json.dumps(summary))
-    report = evaluate(model, manifest, out_dir=run_dir)
+    report = evaluate(run_dir / "model.keras", manifest, out_dir=run_dir)
     if metrics:
         report["metrics"].update(metrics)
         (run_dir / REPORT_FILE).write_text(json.dumps(report))

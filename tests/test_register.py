@@ -79,9 +79,9 @@ def test_quality_gate_floor_promoted_model_and_force(store, manifest, tmp_path):
     with pytest.raises(UserError, match=f"below the promoted {first.tag}"):
         register(worse)
     assert [str(m.tag) for m in registry.list_models()] == [first.tag]  # refused = nothing stored
-    # --force overrides, is recorded, and the forced model is promoted
+    # --force overrides and is recorded, but the forced model is not promoted: serving it is explicit
     forced = register(worse, force=True)
-    assert forced.forced and registry.promoted_tag() == forced.tag
+    assert forced.forced and not forced.promoted and registry.promoted_tag() == first.tag
     assert bentoml.models.get(forced.tag).info.labels["forced"] == "true"
     # a different test manifest is not comparable: only the floor applies
     decision = check_gate({"roc_auc": 0.6}, "another-manifest-hash", metric="roc_auc", floor=0.5)
@@ -96,6 +96,31 @@ def test_gate_refusal_through_the_cli_is_one_line_and_nonzero(store, manifest, t
     assert main(["register", "--run-dir", str(run)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "quality gate refused" in err and "--force" in err
+
+
+def test_a_stale_or_foreign_evaluation_report_is_refused(store, manifest, tmp_path):
+    """The report must come from this run's model.keras, on the manifest the run was tuned on."""
+    from training.evaluate import REPORT_FILE
+
+    run = write_run_dir(tmp_path / "run", small_model(7), manifest)
+    small_model(8).save(run / "model.keras")  # re-tuned: a new model, the old report left behind
+    with pytest.raises(UserError, match="was not made from"):
+        register(run)
+    write_run_dir(run, small_model(8), manifest)  # evaluated again: the report is the model's own ...
+    report = json.loads((run / REPORT_FILE).read_text())
+    (run / REPORT_FILE).write_text(json.dumps(report | {"manifest_hash": "0" * 64}))  # ... but of other data
+    with pytest.raises(UserError, match="another split manifest"):
+        register(run)
+    assert registry.list_models() == []
+
+
+def test_registry_errors_are_one_line(store, capsys):
+    assert main(["registry", "promote", "not a tag!"]) == 2
+    assert "not a valid model tag" in capsys.readouterr().err
+    (store / "glasses_registry.json").write_text("{ half a pointer")
+    assert main(["registry", "list"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot read the promotion pointer" in err
 
 
 def test_crash_mid_registration_leaves_nothing(store, monkeypatch):

@@ -52,6 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"glasses-train {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        from glasses.registry import RegistryError  # the registry's own one-line errors (bad tag, pointer)
+
+        if not isinstance(exc, RegistryError):
+            raise
+        print(f"glasses-train {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"glasses-train {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -15,6 +15,7 @@ functions serve the registry, the experiments table and anyone checking a model 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -171,10 +172,12 @@ def evaluate(
 
     from training.data import manifest_hash, read_manifest
 
+    model_sha256 = None  # identifies the evaluated file, so `register` can check the report is its own
     if isinstance(model, (str, Path)):
         model_path = Path(model)
         if not model_path.exists():
             raise UserError(f"model {model_path} does not exist")
+        model_sha256 = file_sha256(model_path)
         model = keras.saving.load_model(model_path, compile=False)
     manifest_path = Path(manifest_path)
     if not manifest_path.exists():
@@ -206,6 +209,7 @@ def evaluate(
         "data_fingerprint": manifest["fingerprint"],
         "image_size": int(manifest["size"]),
         "params": int(model.count_params()),
+        "model_sha256": model_sha256,
         "seconds": round(time.monotonic() - started, 3),
     }
     if out_dir is not None:
@@ -216,6 +220,15 @@ def evaluate(
         report["report_path"] = str(out_dir / REPORT_FILE)
         (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2))
     return report
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def evaluate_run(run_dir: str | Path, *, threshold: str | float | None = None) -> dict:

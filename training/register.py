@@ -3,7 +3,10 @@
     run directory (model.keras, tune.json, evaluation.json)
       -> quality gate: the candidate's gate metric (profile: gate_metric, gate_floor) must reach the
          floor and must not be below the promoted model's on the *same* test manifest (same hash);
-         `force` overrides and is recorded in the labels
+         `force` overrides, is recorded in the labels, and the forced version is not promoted
+         (serving it takes an explicit `registry promote`)
+      -> the report must be the run's own: made from this model.keras (sha256) on the manifest it
+         was tuned on (a re-tuned run with an old evaluation.json is refused)
       -> bentoml.models.create(MODEL_NAME, labels, metadata) as ctx; model.save(ctx.path_of("model.keras"))
          (atomic: BentoML copies into the store only when the block exits cleanly; on an exception
          nothing reaches the store and the temporary directory is removed)
@@ -202,15 +205,20 @@ def register(run_dir: str | Path, *, force: bool = False, promote: bool = True) 
     import keras
 
     from glasses import registry
-    from training.evaluate import REPORT_FILE
+    from training.evaluate import REPORT_FILE, file_sha256
     from training.tune import read_tune_summary
 
     run_dir = Path(run_dir)
     summary = read_tune_summary(run_dir)
     report_path = run_dir / REPORT_FILE
+    evaluate_again = f"run `glasses-train evaluate --run-dir {run_dir}`"
     if not report_path.exists():
-        raise UserError(f"{report_path} does not exist; run `glasses-train evaluate --run-dir {run_dir}` first")
+        raise UserError(f"{report_path} does not exist; {evaluate_again} first")
     report = json.loads(report_path.read_text())
+    if report.get("model_sha256") != file_sha256(run_dir / "model.keras"):
+        raise UserError(f"{report_path} was not made from {run_dir / 'model.keras'}; {evaluate_again}")
+    if report.get("manifest_hash") != summary["manifest_hash"]:
+        raise UserError(f"{report_path} scores another split manifest than the run was tuned on; {evaluate_again}")
     profile = summary["profile_config"]
     gate = check_gate(report["metrics"], report["manifest_hash"], metric=profile["gate_metric"],
                       floor=float(profile["gate_floor"]))
@@ -228,11 +236,10 @@ def register(run_dir: str | Path, *, force: bool = False, promote: bool = True) 
     }
     tag = save_to_store(model, metadata=metadata, labels=labels)
     (run_dir / "registered.json").write_text(json.dumps({"tag": tag, "gate": gate.as_dict()}, indent=2))
-    promoted = False
-    if promote:
+    forced = force and not gate.passed
+    if promote and not forced:
         registry.promote(tag)
-        promoted = True
-    return RegisterResult(tag=tag, promoted=promoted, forced=force and not gate.passed, gate=gate)
+    return RegisterResult(tag=tag, promoted=promote and not forced, forced=forced, gate=gate)
 
 
 # --- registry management ------------------------------------------------------------------------
@@ -339,7 +346,8 @@ def _registry_cli(args) -> int:
 def _register_cli(args) -> int:
     result = register(args.run_dir, force=args.force, promote=not args.no_promote)
     print(f"registered {result.tag} in {_store_dir()} ({result.gate.reason}{'; FORCED' if result.forced else ''})")
-    print(f"promoted: {'yes' if result.promoted else 'no'}")
+    print(f"promoted: {'yes' if result.promoted else 'no'}"
+          + (f" (forced past the gate: `glasses-train registry promote {result.tag}` to serve it)" if result.forced else ""))
     return 0
 
 
