@@ -26,9 +26,10 @@ from service.inference import UploadError
 MULTIPART = "multipart/form-data"
 
 # Starlette spools an uploaded file to disk past 1 MiB, and then every ~64 KiB chunk is written
-# through a thread-pool hop: ~25 hops and a temp file for a 1.6 MB PNG. read_uploads reads every file
-# into memory right after parsing anyway, and BodyLimitMiddleware caps the body at MAX_REQUEST_BYTES,
-# so keeping files in memory up to that cap costs no extra peak memory and saves that CPU.
+# through a thread-pool hop: ~25 hops and a temp file for a 1.6 MB PNG (2.9 ms of CPU against 0.75 ms
+# in memory: benchmarks/bench_multipart.py). read_uploads reads every file into memory right after
+# parsing anyway and then closes the form, and BodyLimitMiddleware caps the body at MAX_REQUEST_BYTES,
+# so a request briefly holds at most about twice its body (parser buffer + bytes) instead of once.
 MultiPartParser.spool_max_size = MAX_REQUEST_BYTES
 
 
@@ -104,12 +105,14 @@ async def read_uploads(request: Request, field: str, max_files: int) -> list[Upl
             f"(e.g. curl -F {field}=@face.jpg), got Content-Type {content_type or 'none'!r}",
             status=415,
         )
+    parser_max_files = max_files + 4  # the parser stops early past this; what it finds is checked below
     try:
-        form = await request.form(max_files=max_files + 4, max_fields=max_files + 16)
-    except HTTPException as exc:  # Starlette's wrapper of MultiPartException inside an app
-        raise UploadError(f"malformed multipart body: {exc.detail}") from None
-    except MultiPartException as exc:
-        raise UploadError(f"malformed multipart body: {exc.message}") from None
+        form = await request.form(max_files=parser_max_files, max_fields=max_files + 16)
+    except (HTTPException, MultiPartException) as exc:  # HTTPException: Starlette's wrapper inside an app
+        message = exc.detail if isinstance(exc, HTTPException) else exc.message
+        if str(message).startswith("Too many files"):
+            raise _too_many(field, f"more than {parser_max_files}", max_files) from None
+        raise UploadError(f"malformed multipart body: {message}") from None
     except Exception as exc:  # python-multipart parse errors on hostile bodies: still the client's
         raise UploadError(f"malformed multipart body: {type(exc).__name__}: {exc}") from None
     values = form.getlist(field)
@@ -120,10 +123,17 @@ async def read_uploads(request: Request, field: str, max_files: int) -> list[Upl
     if any(not isinstance(v, UploadFile) for v in values):
         raise UploadError(f"field {field!r} must be a file upload (curl -F {field}=@face.jpg), not a text value")
     if len(values) > max_files:
-        if max_files == 1:
-            raise UploadError(f"send exactly one image in field {field!r}; use /predict_batch for several")
-        raise UploadError(f"too many images: {len(values)} in one request, the limit is {max_files}", status=413)
-    return [Upload(v.filename or "", await v.read()) for v in values]
+        raise _too_many(field, str(len(values)), max_files)
+    uploads = [Upload(v.filename or "", await v.read()) for v in values]
+    await form.close()  # free the parser's copies now, not at the end of the request
+    return uploads
+
+
+def _too_many(field: str, count: str, max_files: int) -> UploadError:
+    """400 for a second file on /predict (wrong endpoint), 413 past the batch limit."""
+    if max_files == 1:
+        return UploadError(f"send exactly one image in field {field!r}; use /predict_batch for several")
+    return UploadError(f"too many images: {count} in one request, the limit is {max_files}", status=413)
 
 
 class BodyLimitMiddleware:
