@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import keras
@@ -27,9 +28,10 @@ def small_model(seed: int, size: int) -> keras.Model:
     return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
 
 
-def store_version(model: keras.Model, threshold: float, *, version: str = preprocessing.PREPROCESSING_VERSION) -> str:
+def store_version(model: keras.Model, threshold: float, *, version: str = preprocessing.PREPROCESSING_VERSION,
+                  manifest: Path | None = None) -> str:
     metadata = {"image_size": model.input_shape[1], "threshold": threshold, "class_map": dict(CLASS_MAP),
-                "preprocessing_version": version}
+                "preprocessing_version": version, **({"split_manifest_path": str(manifest)} if manifest else {})}
     return save_to_store(model, metadata=metadata, labels={"stage": "test"})
 
 
@@ -95,3 +97,22 @@ def test_cli_wrong_source_is_one_line_and_exit_2(tmp_path) -> None:
                         env=cli_env(BENTOML_HOME=str(tmp_path / "bentoml")))
     assert run.returncode == 2
     assert len(run.stderr.strip().splitlines()) == 1 and run.stderr.startswith("glasses-train compare: error:")
+
+
+def test_a_version_that_saw_the_test_photos_is_refused(store, base, tmp_path) -> None:
+    """Trained on a split whose train part holds some of these test photos: not comparable."""
+    source = f"folders:{tiny_source(base)}"
+    same = store_version(small_model(1, TINY_SIZE), 0.5, manifest=tiny_manifest(base))
+    other = json.loads(tiny_manifest(base).read_text())
+    other["splits"]["train"]["ids"] += other["splits"]["test"]["ids"][:2]  # e.g. another seed or grouping
+    other_split = tmp_path / "manifest-other.json"
+    other_split.write_text(json.dumps(other))
+    leaky = store_version(small_model(2, TINY_SIZE), 0.5, manifest=other_split)
+    unknown = store_version(small_model(3, TINY_SIZE), 0.5)
+
+    report = compare([same, unknown], source, work_dir=base / "work")
+    assert [v["unseen_checked"] for v in report["versions"]] == [True, False]
+    assert f"not checked that these photos were unseen in training (split manifest not on this machine): {unknown}" \
+        in format_comparison(report)
+    with pytest.raises(UserError, match=r"was trained or validated on 2 of these \d+ test photos"):
+        compare([same, leaky], source, work_dir=base / "work")

@@ -6,7 +6,8 @@ Stored metrics are only comparable when two versions were tested on the same spl
 quality gate checks that); this command re-evaluates versions on one source instead. Each version
 is scored at its own image size and its stored decision threshold on the test split `prepare` makes
 of SRC (cached). The split is a function of the source and seed, not of the image size, so every
-version sees the same photos (checked). The first version is the baseline; with one TAG, the
+version sees the same photos (checked), and none of them may be among a version's own training or
+validation photos (checked against the split manifest recorded with it, when that file is here). The first version is the baseline; with one TAG, the
 promoted version is the baseline. For each other version, the paired view: photos only the baseline
 gets right, photos only the other one gets right, and McNemar's exact p-value (a small p says the
 two really differ in error rate on these photos; a large one says the difference may be chance).
@@ -58,17 +59,36 @@ def score_version(tag: str, source: str, *, split: str = "test", work_dir: str |
     if version != PREPROCESSING_VERSION:
         raise UserError(f"{stored.tag} was trained with preprocessing {version!r}, this code has "
                         f"{PREPROCESSING_VERSION!r}: its scores here would not be its real ones")
+    if "image_size" not in meta:
+        raise UserError(f"{stored.tag} has no image_size in its metadata; it was not registered by glasses-train")
     size = int(meta["image_size"])
     threshold = float(meta.get("threshold", 0.5))
     manifest_path = prepare(source, size=size, work_dir=work_dir, progress=False).manifest_path
+    ids = list(read_manifest(manifest_path)["splits"][split]["ids"])
+    seen = photos_seen_in_training(meta, ids)
+    if seen:
+        raise UserError(f"{stored.tag} was trained or validated on {seen} of these {len(ids)} {split} photos "
+                        f"(its split manifest {meta['split_manifest_path']}): its scores here would be inflated")
     model = keras.saving.load_model(stored.path_of("model.keras"), compile=False)
     labels, probs = predict_split(model, manifest_path, split)
     if len(labels) == 0:
         raise UserError(f"the {split} split of {source} is empty")
     verdicts = (probs >= threshold).astype(np.int64)
-    return {"tag": str(stored.tag), "image_size": size, "threshold": threshold,
-            "ids": list(read_manifest(manifest_path)["splits"][split]["ids"]),
-            "correct": verdicts == labels, "metrics": binary_metrics(labels, probs, threshold)}
+    return {"tag": str(stored.tag), "image_size": size, "threshold": threshold, "ids": ids,
+            "unseen_checked": seen is not None, "correct": verdicts == labels,
+            "metrics": binary_metrics(labels, probs, threshold)}
+
+
+def photos_seen_in_training(meta: dict, ids: list[str]) -> int | None:
+    """How many of `ids` are in the train or val split the version was made with; None if unknown
+    (its split manifest, recorded at registration, is not on this machine)."""
+    from training.data import read_manifest
+
+    path = meta.get("split_manifest_path")
+    if not path or not Path(path).is_file():
+        return None
+    splits = read_manifest(path)["splits"]
+    return len(set(ids) & (set(splits["train"]["ids"]) | set(splits["val"]["ids"])))
 
 
 def compare(tags: list[str], source: str, *, split: str = "test", work_dir: str | Path = WORK_DIR) -> dict:
@@ -92,7 +112,7 @@ def compare(tags: list[str], source: str, *, split: str = "test", work_dir: str 
         only_base = int((base["correct"] & ~s["correct"]).sum())
         only_this = int((s["correct"] & ~base["correct"]).sum())
         rows.append({"tag": s["tag"], "image_size": s["image_size"], "threshold": s["threshold"],
-                     "metrics": s["metrics"], "errors": int((~s["correct"]).sum()),
+                     "unseen_checked": s["unseen_checked"], "metrics": s["metrics"], "errors": int((~s["correct"]).sum()),
                      "only_baseline_right": only_base, "only_this_right": only_this,
                      "mcnemar_p": mcnemar_exact(only_base, only_this)})
     positives = base["metrics"]["positives"]
@@ -116,6 +136,10 @@ def format_comparison(report: dict) -> str:
     lines = [f"{report['split']} split of {report['source']}: {report['photos']} photos "
              f"({report['glasses']} with glasses), the same photos for every version", ""]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
+    unchecked = [v["tag"] for v in versions if not v["unseen_checked"]]
+    if unchecked:
+        lines += ["", f"not checked that these photos were unseen in training (split manifest not on this "
+                      f"machine): {', '.join(unchecked)}"]
     return "\n".join(lines)
 
 
