@@ -227,6 +227,7 @@ def _bad_csv_kaggle(tmp_path: Path) -> Path:
     ("kaggle-bad-label", "glasses must be 0 or 1"),
     ("bad-group-column", "no group column 'nobody'"),
     ("bad-source", "unknown source"),
+    ("too-small", r"too small for a 0.8/0.1/0.1 split: val and test would be empty \(4 readable images\)"),
 ])
 def test_bad_sources_are_one_line_user_errors(tmp_path, case: str, message: str) -> None:
     group_column = None
@@ -248,11 +249,22 @@ def test_bad_sources_are_one_line_user_errors(tmp_path, case: str, message: str)
         src = f"kaggle-dir:{_bad_csv_kaggle(tmp_path)}"
     elif case == "bad-group-column":
         src, group_column = f"folders:{make_folders(tmp_path / 's', n_glasses=2, n_no_glasses=2, persons=2)}", "nobody"
+    elif case == "too-small":
+        src = f"folders:{make_folders(tmp_path / 's', n_glasses=2, n_no_glasses=2, persons=None)}"
     else:
         src = f"ftp:{tmp_path}"
     with pytest.raises(UserError, match=message) as info:
         prepare(src, work_dir=tmp_path / "w", group_column=group_column, progress=False)
     assert "\n" not in str(info.value)
+
+
+def test_a_one_class_test_split_is_reported(tmp_path) -> None:
+    """4 glasses photos: round(0.4) = 0 of them in val and test; prepare says so instead of failing later."""
+    root = make_folders(tmp_path / "s", n_glasses=4, n_no_glasses=30, persons=None)
+    data = prepare(f"folders:{root}", work_dir=tmp_path / "w", progress=False)
+    assert data.counts["test"]["glasses"] == 0
+    assert any("the test split has no glasses image" in note for note in data.notes)
+    assert not any("no_glasses image" in note for note in data.notes)
 
 
 def test_cli_errors_are_one_line(tmp_path) -> None:

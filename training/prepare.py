@@ -630,6 +630,13 @@ def write_manifest(cache_dir: Path, seed: int) -> Path:
             "groups": [groups[r] for r in sel] if groups else None,
         }
         counts[name] = {c: int((labels[sel] == i).sum()) for i, c in enumerate(CLASS_NAMES)}
+    empty = [name for name in SPLITS if not splits[name]["indices"]]
+    if empty:
+        raise UserError(f"{index['source']} is too small for a {'/'.join(map(str, SPLIT_FRACTIONS))} split: "
+                        f"{' and '.join(empty)} would be empty ({len(rows)} readable images)")
+    notes = list(index["notes"]) + [
+        f"the {name} split has no {c} image: its metrics (AUC, balanced accuracy) will be undefined or one-sided"
+        for name in ("val", "test") for c in CLASS_NAMES if counts[name][c] == 0]
     manifest = {
         "format": CACHE_FORMAT,
         "fingerprint": index["fingerprint"],
@@ -654,7 +661,7 @@ def write_manifest(cache_dir: Path, seed: int) -> Path:
         "skipped": index["skipped"],
         "missing_images": index["missing_images"],
         "unlabelled_images": index["unlabelled_images"],
-        "notes": index["notes"],
+        "notes": notes,
         "splits": splits,
     }
     path = cache_dir / f"manifest-seed{seed}.json"

@@ -45,6 +45,8 @@ def run(
     counts = {split: sum(c.values()) for split, c in data.counts.items()}
     print(f"   manifest {data.manifest_path} ({'reused' if data.reused else 'built'}; {counts}; "
           f"{len(data.skipped)} skipped)", flush=True)
+    for note in data.notes:
+        print(f"   note: {note}", flush=True)
     out["manifest"] = str(data.manifest_path)
 
     print(f"== tune (profile {profile})", flush=True)
