@@ -89,7 +89,7 @@ TUNING_PROFILES: dict[str, dict] = {
     },
 }
 TUNING_SUBDIR = "tuning"  # WORK_DIR/tuning/<profile>-<data fingerprint[:12]>/ (keras-tuner project)
-RUNS_SUBDIR = "runs"  # WORK_DIR/runs/<timestamp>-<profile>/ (model.keras, tune.json, evaluation.json, curves)
+RUNS_SUBDIR = "runs"  # WORK_DIR/runs/<timestamp>-<profile>-<id>/ (model.keras, tune.json, evaluation.json, curves)
 IMBALANCE_WARNING_BELOW = 0.3  # minority-class share under which accuracy objectives get a warning
 # The paper's published figures, printed beside ours by `glasses-train experiments`.
 PAPER_RESULTS: dict[str, dict] = {

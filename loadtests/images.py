@@ -1,7 +1,7 @@
 """Upload sets for load tests and the benchmark: generated synthetic faces, or any folder of images.
 
 Generated images have realistic sizes and file weights, so decode and transfer costs match the real
-data: 178x218 JPEG at quality 90 (~7 KB, like the CelebA photos) and 1024x1024 PNG (~1.4 MB, like the
+data: 178x218 JPEG at quality 90 (~7 KB, like the CelebA photos) and 1024x1024 PNG (~1.6 MB, like the
 Kaggle GAN faces). Pure PIL + numpy: the locustfile imports this module, and locust (gevent) must
 never share a process with TensorFlow.
 """

@@ -10,7 +10,7 @@
       -> every trial's status checked: any failed trial (or none completed) is an error
       -> final model: the best trial's checkpoint (final_epochs 0) or the best hyperparameters
          retrained from scratch (final_epochs N, EarlyStopping, best weights restored)
-      -> run directory WORK_DIR/runs/<timestamp>-<profile>/: model.keras, history.json, tune.json
+      -> run directory WORK_DIR/runs/<timestamp>-<profile>-<id>/: model.keras, history.json, tune.json
 
 Distributed search (Keras Tuner's own protocol, gRPC): start the same command on every machine with
 KERASTUNER_TUNER_ID ("chief" on one, "tuner0", "tuner1", ... on the others), KERASTUNER_ORACLE_IP and
