@@ -2,7 +2,9 @@
 
     python -m service.client face.jpg [more.png ...] [--url http://127.0.0.1:3000] [--json]
 
-One file goes to POST /predict, several to POST /predict_batch (in chunks of MAX_BATCH_IMAGES).
+Files go to POST /predict_batch in chunks of at most MAX_BATCH_IMAGES files and BATCH_BYTES bytes
+(under the service's body limit); a chunk of one file goes to POST /predict, so a file too large for
+any request gets its own 413 and the others still get verdicts.
 Prints `FILE: glasses (P(glasses)=0.93, threshold 0.50)` per file, or the server's JSON with --json.
 Exit code 0 when every file got a verdict, 1 when some were refused (each says why), 2 when the
 command itself cannot run (missing file, service unreachable): one line on stderr.
@@ -18,9 +20,10 @@ from typing import Any
 
 import httpx
 
-from glasses.config import MAX_BATCH_IMAGES
+from glasses.config import MAX_BATCH_IMAGES, MAX_REQUEST_BYTES
 
 DEFAULT_URL = "http://127.0.0.1:3000"
+BATCH_BYTES = MAX_REQUEST_BYTES - 256 * 1024  # room for the multipart headers of up to 32 parts
 
 
 class ClientError(Exception):
@@ -34,6 +37,19 @@ def _post(client: httpx.Client, url: str, files: list[tuple[str, tuple[str, byte
         raise ClientError(f"cannot reach the service at {url}: {exc}") from None
 
 
+def chunk_files(sizes: list[int], max_files: int = MAX_BATCH_IMAGES, max_bytes: int = BATCH_BYTES) -> list[range]:
+    """Consecutive index ranges of at most `max_files` files and `max_bytes` bytes (a larger file alone)."""
+    chunks, start, total = [], 0, 0
+    for i, size in enumerate(sizes):
+        if i > start and (i - start == max_files or total + size > max_bytes):
+            chunks.append(range(start, i))
+            start, total = i, 0
+        total += size
+    if sizes:
+        chunks.append(range(start, len(sizes)))
+    return chunks
+
+
 def predict_files(paths: list[Path], url: str = DEFAULT_URL, timeout: float = 60.0) -> list[dict[str, Any]]:
     """One result per path, in order: a verdict dict, or {"error": ..., "status": ...} for that file."""
     for path in paths:
@@ -41,15 +57,17 @@ def predict_files(paths: list[Path], url: str = DEFAULT_URL, timeout: float = 60
             raise ClientError(f"no such file: {path}")
     results: list[dict[str, Any]] = []
     with httpx.Client(timeout=timeout) as client:
-        if len(paths) == 1:
-            resp = _post(client, f"{url}/predict", [("image", (paths[0].name, paths[0].read_bytes()))])
-            results.append(_json(resp))
-            if resp.status_code != 200 and "status" not in results[-1]:
-                results[-1]["status"] = resp.status_code
-            return results
-        for start in range(0, len(paths), MAX_BATCH_IMAGES):
-            chunk = paths[start : start + MAX_BATCH_IMAGES]
-            resp = _post(client, f"{url}/predict_batch", [("images", (p.name, p.read_bytes())) for p in chunk])
+        for chunk in chunk_files([p.stat().st_size for p in paths]):
+            if len(chunk) == 1:
+                path = paths[chunk[0]]
+                resp = _post(client, f"{url}/predict", [("image", (path.name, path.read_bytes()))])
+                result = _json(resp)
+                if resp.status_code != 200 and "status" not in result:
+                    result["status"] = resp.status_code
+                results.append(result)
+                continue
+            resp = _post(client, f"{url}/predict_batch", [("images", (paths[i].name, paths[i].read_bytes()))
+                                                          for i in chunk])
             body = _json(resp)
             if resp.status_code != 200 or not isinstance(body, list):
                 raise ClientError(f"service refused the batch ({resp.status_code}): {body.get('error', body)}")

@@ -21,7 +21,7 @@ from PIL import Image
 
 from _service import REPO_ROOT, model_file, shared_server
 from glasses import preprocessing
-from glasses.config import CLASS_MAP, IMAGE_SIZE
+from glasses.config import CLASS_MAP, IMAGE_SIZE, MAX_REQUEST_BYTES
 
 TOLERANCE = 1e-5
 
@@ -213,10 +213,25 @@ def test_client_cli(server, tmp_path):
     results = json.loads(both.stdout)
     assert results[0]["file"] == str(good) and results[0]["verdict"] in ("glasses", "no_glasses")
     assert results[1]["file"] == str(bad) and results[1]["status"] == 422 and "PNG" in results[1]["error"]
+    huge = tmp_path / "huge.png"  # over the body limit on its own: refused alone, the others still answered
+    huge.write_bytes(uploads["rgb.png"] + bytes(MAX_REQUEST_BYTES))
+    mixed = subprocess.run([*cmd, "--json", str(good), str(huge), str(good)], capture_output=True, text=True,
+                           cwd=REPO_ROOT, timeout=120)
+    assert mixed.returncode == 1, mixed.stderr
+    assert [r.get("verdict") is not None for r in json.loads(mixed.stdout)] == [True, False, True]
+    assert json.loads(mixed.stdout)[1]["status"] == 413
     missing = subprocess.run([*cmd, str(tmp_path / "nope.jpg")], capture_output=True, text=True, cwd=REPO_ROOT,
                              timeout=60)
     assert missing.returncode == 2 and missing.stdout == ""
     assert missing.stderr.strip().splitlines() == [f"error: no such file: {tmp_path / 'nope.jpg'}"]
+
+
+def test_client_chunks_by_count_and_bytes():
+    from service.client import chunk_files
+
+    assert chunk_files([]) == []
+    assert [list(c) for c in chunk_files([1] * 5, max_files=2, max_bytes=100)] == [[0, 1], [2, 3], [4]]
+    assert [list(c) for c in chunk_files([60, 30, 20, 500, 10], max_files=32, max_bytes=100)] == [[0, 1], [2], [3], [4]]
 
 
 # --- the release rule (no server) ----------------------------------------------------------------
