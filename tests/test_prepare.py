@@ -209,6 +209,23 @@ def test_killed_prepare_is_not_taken_as_complete(tmp_path) -> None:
     assert [d.name for d in (work / "cache").iterdir()] == [p.cache_dir.name]  # stale temp dir cleaned
 
 
+def test_stale_temp_dirs_of_other_hosts_are_left_alone(tmp_path) -> None:
+    """A shared work dir: only this host's dead builds are removed; a pid from another host means nothing here."""
+    import socket
+
+    dead_pid = 2**22 + 12345  # above Linux's pid_max default range: no such process
+    dirs = {}
+    for name, host in (("mine", socket.gethostname()), ("theirs", "another-host"), ("legacy", None)):
+        d = tmp_path / f".tmp-{'0' * 16}-{dead_pid}-{name}"
+        d.mkdir()
+        if host:
+            (d / "owner").write_text(host)
+        dirs[name] = d
+    removed = prep.clean_stale_tmp(tmp_path)
+    assert sorted(d.name for d in removed) == sorted([dirs["mine"].name, dirs["legacy"].name])
+    assert dirs["theirs"].exists()
+
+
 # --- bad inputs ---------------------------------------------------------------------------------
 def _bad_csv_kaggle(tmp_path: Path) -> Path:
     d = make_kaggle_dir(tmp_path / "badcsv", n_train=4, n_test=0)

@@ -26,6 +26,7 @@ import math
 import os
 import re
 import shutil
+import socket
 import time
 import uuid
 import zipfile
@@ -501,14 +502,26 @@ def _pid_alive(pid: int) -> bool:
 
 
 def clean_stale_tmp(root: Path) -> list[Path]:
-    """Remove temporary cache dirs left by prepare runs that died (their pid is gone)."""
+    """Remove temporary cache dirs left by prepare runs on this host that died (their pid is gone).
+
+    A work directory may be shared between hosts (distributed tuning, dask over tcp://): a temp dir
+    whose `owner` file names another host is never touched, as its pid means nothing here.
+    """
     removed = []
     for d in root.glob(".tmp-*"):
         parts = d.name.split("-")
-        if len(parts) >= 4 and parts[2].isdigit() and not _pid_alive(int(parts[2])):
+        owner = d / "owner"
+        host = owner.read_text().strip() if owner.is_file() else socket.gethostname()
+        if host == socket.gethostname() and len(parts) >= 4 and parts[2].isdigit() and not _pid_alive(int(parts[2])):
             shutil.rmtree(d, ignore_errors=True)
             removed.append(d)
     return removed
+
+
+def is_cache_of(cache_dir: Path, fp: str) -> bool:
+    """A complete cache (index.json written last, then renamed into place) built for fingerprint `fp`."""
+    index = cache_dir / "index.json"
+    return index.exists() and json.loads(index.read_text()).get("fingerprint") == fp
 
 
 def build_cache(inv: Inventory, fp: str, size: int, final_dir: Path, scheduler: str | None,
@@ -519,6 +532,7 @@ def build_cache(inv: Inventory, fp: str, size: int, final_dir: Path, scheduler: 
     clean_stale_tmp(root)
     tmp = root / f".tmp-{fp[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
+    (tmp / "owner").write_text(socket.gethostname())
     try:
         images_path = tmp / "images.npy"
         arr = np.lib.format.open_memmap(images_path, mode="w+", dtype=np.uint8, shape=(len(inv.files), size, size, 3))
@@ -682,12 +696,11 @@ def prepare(source: str, *, size: int = IMAGE_SIZE, exclude: bool = True, schedu
     listing = scan(source, work_dir=Path(work_dir))
     fp = fingerprint(listing, size, exclude=exclude, group_column=group_column)
     cache_dir = cache_root(Path(work_dir)).resolve() / f"{listing.kind}-{size}-{fp[:16]}"
-    reused = (cache_dir / "index.json").exists() and \
-        json.loads((cache_dir / "index.json").read_text()).get("fingerprint") == fp
+    reused = is_cache_of(cache_dir, fp)
     if not reused:
         inv = inventory(listing, exclude=exclude, group_column=group_column)
-        if cache_dir.exists():  # same prefix, different fingerprint (or a foreign dir): replace it
-            shutil.rmtree(cache_dir)
+        if cache_dir.exists() and not is_cache_of(cache_dir, fp):  # not one a concurrent run just finished
+            shutil.rmtree(cache_dir)  # same prefix, different fingerprint, or a foreign dir: replace it
         build_cache(inv, fp, size, cache_dir, scheduler, progress=progress)
     manifest_path = cache_dir / f"manifest-seed{seed}.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
