@@ -79,12 +79,17 @@ def test_experiments_reuses_a_finished_run_for_the_hyperband_row(finished_run):
 
     artefacts = dict(line.split(None, 1) for line in finished_run["proc"].stdout.split("== artefacts")[1].strip().splitlines())
     run_dir = Path(artefacts["run_dir"].strip())
-    results = experiments(f"folders:{finished_run['source']}", profile="smoke", epochs=1, size=64,
-                          work_dir=finished_run["work"], out_dir=finished_run["base"] / "exp-reuse",
-                          ladder=("perceptron",), tuned_run=run_dir)
+    common = dict(profile="smoke", epochs=1, size=64, work_dir=finished_run["work"], ladder=("perceptron",),
+                  out_dir=finished_run["base"] / "exp-reuse")
+    ladder_only = experiments(f"folders:{finished_run['source']}", hyperband=False, **common)
+    first = json.loads((ladder_only.parent / "results.json").read_text())["rows"]
+    assert [r["name"] for r in first] == ["perceptron"]
+    # later, same --out: the fitted ladder model is reused, the run supplies the Hyperband row
+    results = experiments(f"folders:{finished_run['source']}", tuned_run=run_dir, **common)
     rows = json.loads((results.parent / "results.json").read_text())["rows"]
     evaluation = json.loads((run_dir / "evaluation.json").read_text())
     assert [r["name"] for r in rows] == ["perceptron", "hyperband"]
+    assert rows[0] == first[0]  # not refitted (the wall time would differ)
     assert rows[1]["metrics"] == evaluation["metrics"] and rows[1]["report"] == str(run_dir / "evaluation.json")
     with pytest.raises(UserError, match="another split manifest"):  # 128 px: a different manifest
         experiments(f"folders:{finished_run['source']}", profile="smoke", epochs=1, size=128,

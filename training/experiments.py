@@ -4,7 +4,9 @@
     decay: fit `epochs` epochs (train.py) and evaluate on test (threshold 0.5, as the paper)
     -> Hyperband with the profile (tune.py; resumes / reuses a finished search of the same data),
        or, with --tuned-run DIR, the evaluated model of a finished `glasses-train run` on the same
-       split manifest (no search, no refit)
+       split manifest (no search, no refit), or no Hyperband row with --no-hyperband
+A ladder model already fitted in the same --out directory (same manifest, same epochs) is reused,
+so an interrupted run continues, and the ladder can run first and the Hyperband row be added later.
     -> results.md (markdown table) + results.json + one report/curves folder per model in
        WORK_DIR/experiments/<timestamp>-<profile>/
 
@@ -74,10 +76,12 @@ def experiments(
     ladder: tuple[str, ...] | None = None,
     fresh: bool = False,
     tuned_run: str | Path | None = None,
+    hyperband: bool = True,
 ) -> Path:
     """Run the ladder + Hyperband on `source`; returns the path of results.md."""
     from training import models
     from training.evaluate import evaluate, evaluate_run, format_metrics
+    from training.data import manifest_hash
     from training.prepare import prepare
     from training.train import fit_ladder_model
     from training.tune import get_profile, new_run_dir, tune
@@ -97,6 +101,12 @@ def experiments(
     tuned_row = tuned_run_row(tuned_run, manifest) if tuned_run else None  # fail before hours of fitting
     rows = []
     for name in names:
+        row_file = out_dir / name / "row.json"
+        done = json.loads(row_file.read_text()) if row_file.exists() else {}
+        if done.get("manifest_hash") == manifest_hash(manifest) and done.get("epochs_asked") == epochs:
+            print(f"== {name}: fitted before in {out_dir}, reused", flush=True)
+            rows.append(done)
+            continue
         print(f"== {name} ({epochs} epochs)", flush=True)
         model, history, seconds = fit_ladder_model(name, manifest, epochs=epochs, batch_size=config["batch_size"],
                                                    seed=config["seed"])
@@ -104,9 +114,13 @@ def experiments(
                           batch_size=config["batch_size"], title=LADDER_LABELS[name])
         print(f"   {format_metrics(report['metrics'])}", flush=True)
         rows.append({"name": name, "params": report["params"], "epochs": len(history.get("loss", [])),
-                     "seconds": seconds, "metrics": report["metrics"], "report": report.get("report_path")})
+                     "seconds": seconds, "metrics": report["metrics"], "report": report.get("report_path"),
+                     "manifest_hash": report["manifest_hash"], "epochs_asked": epochs})
+        row_file.write_text(json.dumps(rows[-1], indent=2))
 
-    if tuned_run is None:
+    if not hyperband:
+        tuned_row = None
+    elif tuned_run is None:
         print(f"== hyperband (profile {profile})", flush=True)
         result = tune(manifest, config, fresh=fresh, work_dir=work_dir, run_dir=new_run_dir(work_dir, profile))
         if result.role == "worker":
@@ -115,7 +129,8 @@ def experiments(
         tuned_row = tuned_run_row(result.run_dir, manifest)
     else:
         print(f"== hyperband: the evaluated model of {tuned_run}", flush=True)
-    rows.append(tuned_row)
+    if tuned_row:
+        rows.append(tuned_row)
     table = results_table(rows, source=source, counts=data.counts, profile=profile)
     (out_dir / "results.md").write_text(table)
     (out_dir / "results.json").write_text(json.dumps({"source": source, "profile": profile, "epochs": epochs,
@@ -159,8 +174,10 @@ def add_cli(subparsers) -> None:
     p.add_argument("--tuned-run", type=Path, default=None,
                    help="run directory of a finished `glasses-train run` on the same data: its evaluated model "
                         "is the Hyperband row (no search, no refit)")
+    p.add_argument("--no-hyperband", action="store_true", help="the ladder only (add the Hyperband row later "
+                   "with the same --out and --tuned-run)")
     p.add_argument("--work-dir", type=Path, default=WORK_DIR)
-    p.add_argument("--out", type=Path, default=None, help="results directory")
+    p.add_argument("--out", type=Path, default=None, help="results directory (ladder models found there are reused)")
     p.set_defaults(func=_cli)
 
 
@@ -168,5 +185,5 @@ def _cli(args) -> int:
     ladder = tuple(m.strip() for m in args.models.split(",")) if args.models else None
     experiments(args.source, profile=args.profile, epochs=args.epochs, size=args.size, work_dir=args.work_dir,
                 out_dir=args.out, ladder=ladder, fresh=args.fresh,
-                tuned_run=args.tuned_run)
+                tuned_run=args.tuned_run, hyperband=not args.no_hyperband)
     return 0
