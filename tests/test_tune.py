@@ -86,6 +86,26 @@ def test_interrupted_smoke_search_resumes_where_it_stopped(manifest, tmp_path):
         tune(manifest, get_profile("smoke", patience=5), work_dir=work, verbose=0)
 
 
+def test_a_damaged_saved_search_is_one_line_and_state_is_written_atomically(manifest, tmp_path):
+    """An oracle.json emptied by a kill mid-write (keras-tuner writes in place) is refused in one line;
+    from then on keras-tuner's state writer is the atomic one."""
+    from keras_tuner.src import utils as kt_utils
+
+    from training.data import read_manifest
+
+    work = tmp_path / "work"
+    project = tune_mod._project_dir(work, get_profile("smoke"), read_manifest(manifest)["fingerprint"])
+    project.mkdir(parents=True)
+    (project / "oracle.json").write_text("")
+    with pytest.raises(UserError, match=r"oracle.json is damaged .* --fresh"):
+        tune(manifest, "smoke", work_dir=work, verbose=0)
+    result = tune(manifest, "smoke", work_dir=work, fresh=True, verbose=0)
+    assert [t["status"] for t in result.trials] == ["COMPLETED", "COMPLETED"]
+    assert kt_utils.save_json is tune_mod.write_json_atomic
+    assert not list(project.rglob("*.tmp"))  # every temp file was renamed into place
+    json.loads((project / "oracle.json").read_text())
+
+
 def test_failing_trials_fail_loudly(manifest, tmp_path, monkeypatch):
     """A search space whose models cannot train: keras-tuner returns normally, tune() must not."""
     def broken(hp, size):  # wrong input size: every fit raises

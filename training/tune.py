@@ -225,7 +225,7 @@ def _make_tuner_class():
             history = histories[-1]  # one execution per trial
             record = {"epochs": [int(e) for e in history.epoch],
                       "history": {k: [float(v) for v in vals] for k, vals in history.history.items()}}
-            (Path(self.get_trial_dir(trial.trial_id)) / HISTORY_FILE).write_text(json.dumps(record))
+            write_json_atomic(Path(self.get_trial_dir(trial.trial_id)) / HISTORY_FILE, record)
             return histories
 
         def on_trial_end(self, trial):
@@ -233,12 +233,42 @@ def _make_tuner_class():
             record = {"wall_time_s": round(wall, 3), "tuner_id": self.tuner_id}
             path = Path(self.get_trial_dir(trial.trial_id)) / TRIAL_FILE
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(record))
+            write_json_atomic(path, record)
             super().on_trial_end(trial)
             status = "COMPLETED" if trial.status == "COMPLETED" else f"FAILED ({trial.status})"
             print(f"[tune] trial {trial.trial_id} {status} in {wall:.1f}s on {self.tuner_id}", flush=True)
 
     return GlassesHyperband
+
+
+def write_json_atomic(path: str | Path, obj, **dump_kwargs) -> str:
+    """Write JSON via a temp file + rename: a process killed mid-write leaves the old file or the new one."""
+    text = json.dumps(obj, **dump_kwargs)
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    with open(tmp, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+    return text
+
+
+def _keras_tuner_saves_atomically() -> None:
+    """keras-tuner 1.4.8 truncates and rewrites its state (oracle.json, trial.json, ...) in place, so a
+    search killed mid-write kept an empty oracle.json and could never resume (a CI run hit it).
+    Route its one writer, keras_tuner.src.utils.save_json, through write_json_atomic."""
+    from keras_tuner.src import utils as kt_utils
+
+    if kt_utils.save_json is not write_json_atomic:
+        kt_utils.save_json = write_json_atomic
+
+
+def _check_saved_state(project_dir: Path) -> None:
+    """One line instead of a JSONDecodeError deep inside keras-tuner when a saved search state is damaged."""
+    for path in sorted([*project_dir.glob("*.json"), *project_dir.glob("trial_*/*.json")]):
+        try:
+            json.loads(path.read_text())
+        except (OSError, ValueError):
+            raise UserError(f"the saved search state {path} is damaged (written by a search killed mid-write, "
+                            "before this was atomic); rerun with --fresh to start over") from None
 
 
 def _project_dir(work_dir: Path, profile: dict, fingerprint: str) -> Path:
@@ -258,9 +288,7 @@ def _check_or_write_config(project_dir: Path, config: dict, fresh: bool) -> None
             )
         return
     project_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(config, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    write_json_atomic(path, config, indent=2, sort_keys=True)
 
 
 def _stitched_history(tuner, trial_id: str) -> dict[str, list[float]]:
@@ -343,6 +371,8 @@ def tune(
 
         shutil.rmtree(project_dir)
     _check_or_write_config(project_dir, config, fresh=False)
+    _check_saved_state(project_dir)
+    _keras_tuner_saves_atomically()
 
     keras.utils.set_random_seed(profile["seed"])
     augment = resolve_augment(profile.get("augment"))
