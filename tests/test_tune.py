@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import keras
+import numpy as np
 import pytest
 
 from training import models, tune as tune_mod
@@ -75,15 +76,50 @@ def test_interrupted_smoke_search_resumes_where_it_stopped(manifest, tmp_path):
     assert again.best_trial_id == result.best_trial_id
     assert trial_files(project, TRIAL_FILE) == after
 
-    # final_epochs N (the paper profile): the best hyperparameters are retrained from scratch.
+    # final_epochs N (the paper profile): the best hyperparameters are retrained from scratch, and the
+    # refit is kept unless it ends below the best trial on the validation objective.
     retrained = tune(manifest, get_profile("smoke", final_epochs=1), work_dir=work, verbose=0)
     assert retrained.best_hyperparameters == result.best_hyperparameters
-    assert len(retrained.history["loss"]) == 1 and retrained.final_fit_wall_time_s > 0
+    assert retrained.refit_score is not None and retrained.final_fit_wall_time_s > 0
+    if retrained.refit_score >= retrained.best_score:
+        assert retrained.final_model == "refit" and len(retrained.history["loss"]) == 1
+    else:
+        assert retrained.final_model.startswith("best trial checkpoint (refit reached val_accuracy")
+        assert retrained.history == result.history  # the best trial's own curves
     assert keras.saving.load_model(retrained.model_path, compile=False).count_params() == model.count_params()
+    assert result.final_model == "best trial checkpoint" and result.refit_score is None  # final_epochs 0
 
     # Changing the search settings without --fresh is refused (one line, names the setting).
     with pytest.raises(UserError, match="patience.*--fresh"):
         tune(manifest, get_profile("smoke", patience=5), work_dir=work, verbose=0)
+
+
+def test_a_refit_worse_than_the_best_trial_keeps_the_trials_checkpoint(manifest, tmp_path, monkeypatch):
+    """The final refit is judged on the validation objective against the search's best trial."""
+    from training.data import load_split
+
+    work = tmp_path / "work"
+    searched = tune(manifest, "smoke", work_dir=work, verbose=0)
+    real = models.build_from_hyperparameters
+
+    def always_glasses(*args, **kwargs):  # a refit that cannot learn: frozen, every photo "glasses"
+        model = real(*args, **kwargs)
+        kernel, bias = model.layers[-1].get_weights()
+        model.layers[-1].set_weights([kernel * 0.0, bias * 0.0 + 20.0])
+        for layer in model.layers:
+            layer.trainable = False
+        return model
+
+    monkeypatch.setattr(models, "build_from_hyperparameters", always_glasses)
+    result = tune(manifest, get_profile("smoke", final_epochs=1), work_dir=work, verbose=0)
+    assert result.refit_score < result.best_score
+    assert result.final_model.startswith("best trial checkpoint (refit reached val_accuracy")
+    x, _ = load_split(manifest, "test")
+    x = x.astype("float32") / 255.0
+    kept = keras.saving.load_model(result.model_path, compile=False).predict(x, verbose=0)
+    best = keras.saving.load_model(searched.model_path, compile=False).predict(x, verbose=0)
+    np.testing.assert_allclose(kept, best, rtol=1e-6, atol=1e-7)
+    assert json.loads((result.run_dir / "tune.json").read_text())["final_model"] == result.final_model
 
 
 def test_a_damaged_saved_search_is_one_line_and_state_is_written_atomically(manifest, tmp_path):

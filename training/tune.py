@@ -66,6 +66,8 @@ class TuneResult:
     search_wall_time_s: float = 0.0
     final_fit_wall_time_s: float = 0.0
     history: dict[str, list[float]] = field(default_factory=dict)
+    final_model: str = ""  # "refit" | "best trial checkpoint" (and why)
+    refit_score: float | None = None  # best validation objective of the refit, when there was one
 
 
 # --- profiles -----------------------------------------------------------------------------------
@@ -434,9 +436,20 @@ def tune(
                             class_weight=weights, verbose=verbose)
         result.history = {k: [float(v) for v in vals] for k, vals in history.history.items()}
         result.history.pop("learning_rate", None)
-    else:
+        result.refit_score = max(result.history.get(objective) or [float("-inf")])
+        result.final_model = "refit"
+    # A refit from scratch can end worse on validation than the checkpoint the search already holds (on
+    # imbalanced data an accuracy objective can stop it at an all-"no glasses" epoch): keep the better one,
+    # judged on the same validation objective (the test split stays unseen).
+    if result.refit_score is None or result.refit_score < result.best_score:
+        if result.refit_score is not None:
+            print(f"[tune] the refit reached {objective} {result.refit_score:.4f} < the best trial's "
+                  f"{result.best_score:.4f}: keeping the best trial's checkpoint", flush=True)
         model = tuner.get_best_models(1)[0]
         result.history = _stitched_history(tuner, best.trial_id)
+        result.final_model = "best trial checkpoint" + (
+            f" (refit reached {objective} {result.refit_score:.4f} < {result.best_score:.4f})"
+            if result.refit_score is not None else "")
     result.final_fit_wall_time_s = round(time.monotonic() - fit_started, 3)
 
     run_dir = Path(run_dir) if run_dir else new_run_dir(work_dir, profile["name"])
