@@ -122,6 +122,14 @@ def build_dropout_cnn(size: int = IMAGE_SIZE) -> keras.Model:
     return _two_block_cnn("dropout_cnn", (12, 24), 0.4, size)
 
 
+def _conv_pool_bn_relu(x, filters: int, kernel: int, *, strides: int = 1, pool: str = "max", use_bias: bool = True):
+    """The paper's block: Conv2D(same) -> 2x2 max or avg pool -> BatchNorm(center, no scale) -> ReLU."""
+    x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=use_bias)(x)
+    x = (layers.MaxPooling2D if pool == "max" else layers.AveragePooling2D)(pool_size=2)(x)
+    x = layers.BatchNormalization(center=True, scale=False)(x)
+    return layers.Activation("relu")(x)
+
+
 def build_batchnorm_cnn(size: int = IMAGE_SIZE) -> keras.Model:
     """Conv(no bias) -> MaxPool -> BatchNorm(center, no scale) -> ReLU, x3; Dense(200) BN ReLU; Adam(0.01).
 
@@ -130,10 +138,7 @@ def build_batchnorm_cnn(size: int = IMAGE_SIZE) -> keras.Model:
     inputs = _input(size)
     x = inputs
     for filters, strides in ((12, 1), (24, 2), (64, 2)):
-        x = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False)(x)
-        x = layers.MaxPooling2D()(x)
-        x = layers.BatchNormalization(center=True, scale=False)(x)
-        x = layers.Activation("relu")(x)
+        x = _conv_pool_bn_relu(x, filters, 3, strides=strides, use_bias=False)
     x = layers.Flatten()(x)
     x = layers.Dense(200, use_bias=False)(x)
     x = layers.BatchNormalization(center=True, scale=False)(x)
@@ -157,17 +162,8 @@ def build_paper_hypermodel(hp, size: int = IMAGE_SIZE) -> keras.Model:
     inputs = _input(size)
     x = inputs
     for i in range(hp.Int("conv_layers", 2, 4)):
-        x = layers.Conv2D(
-            hp.Int(f"filters_{i}", 12, 64, step=32),  # 12 or 44
-            hp.Choice(f"kernel_size_{i}", [3, 5]),
-            padding="same",
-        )(x)
-        if hp.Choice(f"pooling_{i}", ["max", "avg"]) == "max":
-            x = layers.MaxPooling2D(pool_size=2)(x)
-        else:
-            x = layers.AveragePooling2D(pool_size=2)(x)
-        x = layers.BatchNormalization(center=True, scale=False)(x)
-        x = layers.Activation("relu")(x)
+        x = _conv_pool_bn_relu(x, hp.Int(f"filters_{i}", 12, 64, step=32),  # 12 or 44
+                               hp.Choice(f"kernel_size_{i}", [3, 5]), pool=hp.Choice(f"pooling_{i}", ["max", "avg"]))
     x = layers.Flatten()(x)
     x = layers.Dense(hp.Int("units", 32, 200, step=32), activation="relu")(x)
     outputs = layers.Dense(1, activation="sigmoid")(x)
@@ -182,10 +178,7 @@ CELEBA_LR_DECAY_STEPS = 850  # 16 epochs of the CelebA train split (3,360 photos
 def _paper_best_trunk(h, units: int):
     """The paper's best layers: 12/44/44 conv, kernels 5/3/3, max pool, BN(center, no scale), ReLU, Dense."""
     for filters, kernel in ((12, 5), (44, 3), (44, 3)):
-        h = layers.Conv2D(filters, kernel, padding="same")(h)
-        h = layers.MaxPooling2D(pool_size=2)(h)
-        h = layers.BatchNormalization(center=True, scale=False)(h)
-        h = layers.Activation("relu")(h)
+        h = _conv_pool_bn_relu(h, filters, kernel)
     h = layers.Flatten()(h)
     return layers.Dense(units, activation="relu")(h)
 
