@@ -5,10 +5,10 @@
     -> Hyperband with the profile (tune.py; resumes / reuses a finished search of the same data),
        or, with --tuned-run DIR, the evaluated model of a finished `glasses-train run` on the same
        split manifest (no search, no refit), or no Hyperband row with --no-hyperband
-A ladder model already fitted in the same --out directory (same manifest, same epochs) is reused,
-so an interrupted run continues, and the ladder can run first and the Hyperband row be added later.
     -> results.md (markdown table) + results.json + one report/curves folder per model in
        WORK_DIR/experiments/<timestamp>-<profile>/
+A ladder model already fitted in the same --out directory (same manifest, same epochs) is reused,
+so an interrupted run continues, and the ladder can run first and the Hyperband row be added later.
 
 The paper's figures are on the Kaggle GAN faces; on another source (e.g. CelebA photos, 5.7% glasses)
 the comparison is indicative only, which the table header says.
@@ -99,11 +99,12 @@ def experiments(
     data = prepare(source, size=size or config["image_size"], work_dir=work_dir)
     manifest = data.manifest_path
     tuned_row = tuned_run_row(tuned_run, manifest) if tuned_run else None  # fail before hours of fitting
+    this_manifest = manifest_hash(manifest)
     rows = []
     for name in names:
         row_file = out_dir / name / "row.json"
         done = json.loads(row_file.read_text()) if row_file.exists() else {}
-        if done.get("manifest_hash") == manifest_hash(manifest) and done.get("epochs_asked") == epochs:
+        if done.get("manifest_hash") == this_manifest and done.get("epochs_asked") == epochs:
             print(f"== {name}: fitted before in {out_dir}, reused", flush=True)
             rows.append(done)
             continue
