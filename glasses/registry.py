@@ -6,22 +6,34 @@ model is a `glasses_classifier:<version>` holding `model.keras` plus metadata. W
 store, so BentoML's own `bentoml models ...` commands keep working unchanged.
 
 Which model the service serves: env GLASSES_MODEL, else the promoted version, else the newest.
+What a version is (`model_card`: GET /model shows it) and whether this code can score it
+(`check_servable`) are decided here too, once, for the service and `glasses-train compare`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import bentoml
 
-from glasses.config import BUNDLED_MODEL_FILE, MODEL_ENV_VAR, MODEL_NAME
+from glasses import preprocessing
+from glasses.config import (
+    BUNDLED_MODEL_FILE,
+    CLASS_MAP,
+    DEFAULT_THRESHOLD,
+    IMAGE_SIZE,
+    MODEL_ENV_VAR,
+    MODEL_NAME,
+    POSITIVE_CLASS,
+)
+from glasses.files import UserError, write_json_atomic
 
 
-class RegistryError(RuntimeError):
+class RegistryError(UserError):
     """A registry operation that cannot be done; the message says why in one line."""
 
 
@@ -89,13 +101,7 @@ def promote(tag: str) -> str:
     state.setdefault("history", []).append({"tag": full, "at": datetime.now(timezone.utc).isoformat()})
     path = _pointer_file()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".glasses_registry.")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(state, fh, indent=2)
-        os.replace(tmp, path)  # atomic: readers see the old or the new pointer, never half of one
-    finally:
-        Path(tmp).unlink(missing_ok=True)  # only left when the write or the rename failed
+    write_json_atomic(path, state, indent=2)  # readers see the old or the new pointer, never half of one
     return full
 
 
@@ -125,3 +131,64 @@ def resolve_tag(import_default: bool = True) -> str:
         f"no {MODEL_NAME} model in the store at {bentoml_home()}; run `glasses-train run` or "
         f"`glasses-train registry import {BUNDLED_MODEL_FILE}`"
     )
+
+
+# --- what a stored model is, and whether this code can use it ---------------------------------
+def model_card(bento_model: Any) -> dict[str, Any]:
+    """What GET /model shows: tag, creation time, metrics, threshold, classes, preprocessing.
+
+    Metadata is written by training/register.py; every key is read with a default so an older or
+    hand-registered model still serves.
+    """
+    meta = dict(bento_model.info.metadata or {})
+    return {
+        "tag": str(bento_model.tag),
+        "name": bento_model.tag.name,
+        "version": bento_model.tag.version,
+        "created": bento_model.info.creation_time.isoformat(),
+        "threshold": float(meta.get("threshold", DEFAULT_THRESHOLD)),
+        "metrics": meta.get("metrics") or {},
+        "class_map": meta.get("class_map") or CLASS_MAP,
+        "positive_class": POSITIVE_CLASS,
+        "preprocessing": {
+            "version": meta.get("preprocessing_version", preprocessing.PREPROCESSING_VERSION),
+            "image_size": int(meta.get("image_size", IMAGE_SIZE)),
+            "served_version": preprocessing.PREPROCESSING_VERSION,
+        },
+        "labels": dict(bento_model.info.labels or {}),
+        "data_source": meta.get("data_source"),
+        "data_fingerprint": meta.get("data_fingerprint"),
+        "profile": meta.get("profile"),
+        "objective": meta.get("objective"),
+        "hyperparameters": meta.get("hyperparameters") or {},
+    }
+
+
+def check_servable(card: dict[str, Any]) -> None:
+    """Refuse (RegistryError) a model whose preprocessing or classes differ from what this code applies:
+    the service will not serve it, `glasses-train compare` will not score it."""
+    prep = card["preprocessing"]
+    if prep["version"] != prep["served_version"]:
+        raise RegistryError(
+            f"model {card['tag']} was trained with preprocessing {prep['version']!r} but this service "
+            f"applies {prep['served_version']!r}; retrain it or promote a model built with the current contract"
+        )
+    if prep["image_size"] not in preprocessing.ALLOWED_SIZES:
+        raise RegistryError(f"model {card['tag']} has unsupported image_size {prep['image_size']}")
+    index = _positive_index(card["class_map"])
+    if index is not None and index != CLASS_MAP[POSITIVE_CLASS]:
+        raise RegistryError(f"model {card['tag']} has class map {card['class_map']}: its output is not "
+                           f"P({POSITIVE_CLASS}) (expected {CLASS_MAP})")
+
+
+def _positive_index(class_map: dict) -> int | None:
+    """The label index of the positive class in a {name: index} or {index: name} map (None if absent)."""
+    try:
+        if POSITIVE_CLASS in class_map:
+            return int(class_map[POSITIVE_CLASS])
+        for key, value in class_map.items():
+            if value == POSITIVE_CLASS:
+                return int(key)
+    except (TypeError, ValueError):
+        pass
+    return None

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from glasses import preprocessing
-from glasses.config import CLASS_MAP, CLASS_NAMES, DEFAULT_THRESHOLD, IMAGE_SIZE, POSITIVE_CLASS
+from glasses.config import CLASS_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -79,65 +79,6 @@ class Classifier:
             out = self(np.zeros((n, self.image_size, self.image_size, 3), np.uint8))
             if out.shape != (n,) or not np.all(np.isfinite(out)):
                 raise RuntimeError(f"warm-up failed: model returned {out.shape} / non-finite values")
-
-
-def model_card(bento_model: Any) -> dict[str, Any]:
-    """What GET /model shows: tag, creation time, metrics, threshold, classes, preprocessing.
-
-    Metadata is written by training/register.py; every key is read with a default so an older or
-    hand-registered model still serves.
-    """
-    meta = dict(bento_model.info.metadata or {})
-    return {
-        "tag": str(bento_model.tag),
-        "name": bento_model.tag.name,
-        "version": bento_model.tag.version,
-        "created": bento_model.info.creation_time.isoformat(),
-        "threshold": float(meta.get("threshold", DEFAULT_THRESHOLD)),
-        "metrics": meta.get("metrics") or {},
-        "class_map": meta.get("class_map") or CLASS_MAP,
-        "positive_class": POSITIVE_CLASS,
-        "preprocessing": {
-            "version": meta.get("preprocessing_version", preprocessing.PREPROCESSING_VERSION),
-            "image_size": int(meta.get("image_size", IMAGE_SIZE)),
-            "served_version": preprocessing.PREPROCESSING_VERSION,
-        },
-        "labels": dict(bento_model.info.labels or {}),
-        "data_source": meta.get("data_source"),
-        "data_fingerprint": meta.get("data_fingerprint"),
-        "profile": meta.get("profile"),
-        "objective": meta.get("objective"),
-        "hyperparameters": meta.get("hyperparameters") or {},
-    }
-
-
-def check_servable(card: dict[str, Any]) -> None:
-    """Refuse a model whose preprocessing or classes differ from what this service applies."""
-    prep = card["preprocessing"]
-    if prep["version"] != prep["served_version"]:
-        raise RuntimeError(
-            f"model {card['tag']} was trained with preprocessing {prep['version']!r} but this service "
-            f"applies {prep['served_version']!r}; retrain it or promote a model built with the current contract"
-        )
-    if prep["image_size"] not in preprocessing.ALLOWED_SIZES:
-        raise RuntimeError(f"model {card['tag']} has unsupported image_size {prep['image_size']}")
-    index = _positive_index(card["class_map"])
-    if index is not None and index != CLASS_MAP[POSITIVE_CLASS]:
-        raise RuntimeError(f"model {card['tag']} has class map {card['class_map']}: its output is not "
-                           f"P({POSITIVE_CLASS}) (expected {CLASS_MAP})")
-
-
-def _positive_index(class_map: dict) -> int | None:
-    """The label index of the positive class in a {name: index} or {index: name} map (None if absent)."""
-    try:
-        if POSITIVE_CLASS in class_map:
-            return int(class_map[POSITIVE_CLASS])
-        for key, value in class_map.items():
-            if value == POSITIVE_CLASS:
-                return int(key)
-    except (TypeError, ValueError):
-        pass
-    return None
 
 
 def verdict(probability: float, threshold: float, tag: str) -> dict[str, Any]:

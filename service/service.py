@@ -53,9 +53,9 @@ from glasses.config import (
     SERVE_THREADS,
     SERVE_WORKERS,
 )
-from glasses.registry import resolve_tag
+from glasses.registry import check_servable, model_card, resolve_tag
 from service.batching import BatchInfer, batch_entry
-from service.inference import MODEL_FILE, Classifier, UploadError, check_servable, decode_upload, model_card, verdict
+from service.inference import MODEL_FILE, Classifier, UploadError, decode_upload, verdict
 from service.uploads import (
     BodyLimitMiddleware,
     ImagesUpload,

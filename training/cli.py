@@ -12,6 +12,8 @@ import argparse
 import importlib
 import sys
 
+from glasses.files import UserError  # noqa: F401  (the one base: stages raise it, RegistryError is one)
+
 # Stage modules, in pipeline order; each defines add_cli(subparsers).
 STAGES = (
     "training.download",
@@ -23,10 +25,6 @@ STAGES = (
     "training.run",
     "training.experiments",
 )
-
-
-class UserError(Exception):
-    """A problem the user can fix; printed as one line, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,13 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
-        print(f"glasses-train {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:
-        from glasses.registry import RegistryError  # the registry's own one-line errors (bad tag, pointer)
-
-        if not isinstance(exc, RegistryError):
-            raise
         print(f"glasses-train {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

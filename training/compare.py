@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 
 from glasses.config import WORK_DIR
-from glasses.preprocessing import PREPROCESSING_VERSION
 from training.cli import UserError
 
 SHOWN_METRICS = ("roc_auc", "balanced_accuracy", "accuracy", "precision", "recall", "f1", "loss")
@@ -50,19 +49,11 @@ def score_version(tag: str, source: str, *, split: str = "test", work_dir: str |
     from training.evaluate import binary_metrics, predict_split
     from training.prepare import prepare
 
-    try:
-        stored = registry.get_model(tag)
-    except registry.RegistryError as exc:
-        raise UserError(str(exc)) from None
+    stored = registry.get_model(tag)
+    card = registry.model_card(stored)  # what the service reads: same defaults, same refusals
+    registry.check_servable(card)
     meta = stored.info.metadata
-    version = meta.get("preprocessing_version")
-    if version != PREPROCESSING_VERSION:
-        raise UserError(f"{stored.tag} was trained with preprocessing {version!r}, this code has "
-                        f"{PREPROCESSING_VERSION!r}: its scores here would not be its real ones")
-    if "image_size" not in meta:
-        raise UserError(f"{stored.tag} has no image_size in its metadata; it was not registered by glasses-train")
-    size = int(meta["image_size"])
-    threshold = float(meta.get("threshold", 0.5))
+    size, threshold = card["preprocessing"]["image_size"], card["threshold"]
     manifest_path = prepare(source, size=size, work_dir=work_dir, progress=False).manifest_path
     ids = list(read_manifest(manifest_path)["splits"][split]["ids"])
     seen = photos_seen_in_training(meta, ids)

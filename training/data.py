@@ -11,7 +11,6 @@ TensorFlow is imported only by `make_dataset`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from glasses.config import BATCH_SIZE, CLASS_NAMES, SEED, SHUFFLE_BUFFER
+from glasses.files import file_sha256
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -38,7 +38,7 @@ def read_manifest(path: str | Path) -> dict:
 
 def manifest_hash(path: str | Path) -> str:
     """sha256 of the manifest file's bytes (recorded by the registry with each model)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return file_sha256(path)
 
 
 def _split(manifest: dict, split: str) -> dict:

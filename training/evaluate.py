@@ -15,7 +15,6 @@ functions serve the registry, the experiments table and anyone checking a model 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from glasses.config import BATCH_SIZE, CLASS_NAMES, DEFAULT_THRESHOLD, POSITIVE_CLASS
+from glasses.files import file_sha256
 from training.cli import UserError
 
 EPSILON = 1e-7  # Keras' clipping for binary cross-entropy
@@ -220,15 +220,6 @@ def evaluate(
         report["report_path"] = str(out_dir / REPORT_FILE)
         (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2))
     return report
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def evaluate_run(run_dir: str | Path, *, threshold: str | float | None = None) -> dict:

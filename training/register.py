@@ -205,7 +205,8 @@ def register(run_dir: str | Path, *, force: bool = False, promote: bool = True) 
     import keras
 
     from glasses import registry
-    from training.evaluate import REPORT_FILE, file_sha256
+    from glasses.files import file_sha256
+    from training.evaluate import REPORT_FILE
     from training.tune import read_tune_summary
 
     run_dir = Path(run_dir)
@@ -309,37 +310,34 @@ def _fmt(v) -> str:
 def _registry_cli(args) -> int:
     from glasses import registry
 
-    try:
-        if args.action == "list":
-            rows = list_versions()
-            if args.json:
-                print(json.dumps(rows, indent=2))
-                return 0
-            if not rows:
-                print(f"no {MODEL_NAME} versions in {registry.bentoml_home()}")
-                return 0
-            cols = ("tag", "created", "profile", "accuracy", "balanced_accuracy", "roc_auc", "threshold", "manifest")
-            table = [[("* " if r["promoted"] else "  ") + r["tag"]] + [_fmt(r[c]) for c in cols[1:]] for r in rows]
-            widths = [max(len(x) for x in col) for col in zip(["  tag", *cols[1:]], *table)]
-            print("  ".join(h.ljust(w) for h, w in zip(["  tag", *cols[1:]], widths)))
-            for row in table:
-                print("  ".join(x.ljust(w) for x, w in zip(row, widths)))
-            print("(* = promoted: served by default)")
-        elif args.action == "show":
-            model = registry.get_model(args.tag)
-            info = {"tag": str(model.tag), "path": model.path, "created": model.info.creation_time.isoformat(),
-                    "promoted": str(model.tag) == registry.promoted_tag(), "labels": model.info.labels,
-                    "metadata": model.info.metadata}
-            print(json.dumps(info, indent=2, default=str))
-        elif args.action == "promote":
-            print(f"promoted {registry.promote(args.tag)}")
-        elif args.action == "export":
-            path = export_version(args.tag, args.file)
-            print(f"exported {registry.get_model(args.tag).tag} -> {path}")
-        elif args.action == "import":
-            print(f"imported {import_version(args.file)} (not promoted; `glasses-train registry promote TAG`)")
-    except registry.RegistryError as exc:
-        raise UserError(str(exc)) from None
+    if args.action == "list":
+        rows = list_versions()
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        if not rows:
+            print(f"no {MODEL_NAME} versions in {registry.bentoml_home()}")
+            return 0
+        cols = ("tag", "created", "profile", "accuracy", "balanced_accuracy", "roc_auc", "threshold", "manifest")
+        table = [[("* " if r["promoted"] else "  ") + r["tag"]] + [_fmt(r[c]) for c in cols[1:]] for r in rows]
+        widths = [max(len(x) for x in col) for col in zip(["  tag", *cols[1:]], *table)]
+        print("  ".join(h.ljust(w) for h, w in zip(["  tag", *cols[1:]], widths)))
+        for row in table:
+            print("  ".join(x.ljust(w) for x, w in zip(row, widths)))
+        print("(* = promoted: served by default)")
+    elif args.action == "show":
+        model = registry.get_model(args.tag)
+        info = {"tag": str(model.tag), "path": model.path, "created": model.info.creation_time.isoformat(),
+                "promoted": str(model.tag) == registry.promoted_tag(), "labels": model.info.labels,
+                "metadata": model.info.metadata}
+        print(json.dumps(info, indent=2, default=str))
+    elif args.action == "promote":
+        print(f"promoted {registry.promote(args.tag)}")
+    elif args.action == "export":
+        path = export_version(args.tag, args.file)
+        print(f"exported {registry.get_model(args.tag).tag} -> {path}")
+    elif args.action == "import":
+        print(f"imported {import_version(args.file)} (not promoted; `glasses-train registry promote TAG`)")
     return 0
 
 

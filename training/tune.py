@@ -40,6 +40,7 @@ from glasses.config import (
     TUNING_SUBDIR,
     WORK_DIR,
 )
+from glasses.files import write_json_atomic
 from training.cli import UserError
 
 OBJECTIVES = ("val_accuracy", "val_auc", "val_balanced_accuracy")
@@ -241,16 +242,6 @@ def _make_tuner_class():
             print(f"[tune] trial {trial.trial_id} {status} in {wall:.1f}s on {self.tuner_id}", flush=True)
 
     return GlassesHyperband
-
-
-def write_json_atomic(path: str | Path, obj, **dump_kwargs) -> str:
-    """Write JSON via a temp file + rename: a process killed mid-write leaves the old file or the new one."""
-    text = json.dumps(obj, **dump_kwargs)
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-    with open(tmp, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-    return text
 
 
 def _keras_tuner_saves_atomically() -> None:
