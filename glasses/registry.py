@@ -1,22 +1,29 @@
-"""Read side of the model registry, shared by the service and the training CLI.
+"""The model registry, shared by the service and the training CLI.
 
 The registry is a BentoML model store (`$BENTOML_HOME`, default `~/bentoml`): every registered
-model is a `glasses_classifier:<version>` holding `model.keras` plus metadata. Which version is
-*promoted* (served by default) is recorded in `$BENTOML_HOME/glasses_registry.json`, beside the
-store, so BentoML's own `bentoml models ...` commands keep working unchanged.
+model is a `glasses_classifier:<version>` holding `model.keras` plus metadata. Aliases name versions
+(`production` = what `promote` sets and every worker serves; `candidate` = served beside it, as a
+canary share or a shadow; any other name = a bookmark); they live in
+`$BENTOML_HOME/glasses_registry.json`, beside the store, with every move appended to an audit
+history, so BentoML's own `bentoml models ...` commands keep working unchanged.
 
-Which model the service serves: env GLASSES_MODEL, else the promoted version, else the newest.
+Which model the service serves: env GLASSES_MODEL (pinned), else production, else the newest.
 What a version is (`model_card`: GET /model shows it) and whether this code can score it
 (`check_servable`) are decided here too, once, for the service and `glasses-train compare`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import getpass
 import json
 import os
+import re
+import socket
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import bentoml
 
@@ -29,8 +36,12 @@ from glasses.config import (
     MODEL_ENV_VAR,
     MODEL_NAME,
     POSITIVE_CLASS,
+    PRODUCTION_ALIAS as PRODUCTION,
+    REGISTRY_DIR_ENV_VAR,
 )
 from glasses.files import UserError, write_json_atomic
+
+ALIAS_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
 
 class RegistryError(UserError):
@@ -40,24 +51,6 @@ class RegistryError(UserError):
 def bentoml_home() -> Path:
     """The BentoML home holding the model store (BENTOML_HOME or ~/bentoml)."""
     return Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml").expanduser()
-
-
-def _pointer_file() -> Path:
-    return bentoml_home() / "glasses_registry.json"
-
-
-def _read_pointer() -> dict:
-    path = _pointer_file()
-    if not path.exists():
-        return {"promoted": None, "history": []}
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise RegistryError(f"cannot read the promotion pointer {path} ({exc}); fix or delete it, then "
-                            f"`glasses-train registry promote TAG`") from None
-    if not isinstance(state, dict):
-        raise RegistryError(f"the promotion pointer {path} is not a JSON object; fix or delete it")
-    return state
 
 
 def list_models() -> list[bentoml.Model]:
@@ -80,9 +73,152 @@ def get_model(tag: str) -> bentoml.Model:
         raise RegistryError(f"{tag!r} is not a valid model tag: {str(exc).splitlines()[0]}") from None
 
 
+# --- aliases and their audit history ------------------------------------------------------------
+# $GLASSES_REGISTRY_DIR (default $BENTOML_HOME)/glasses_registry.json  {"aliases": {NAME: {"tag", "traffic", "shadow"}}, "promoted": TAG}
+#   replaced atomically (write + rename): a reader (every service worker, once a second) sees the old
+#   or the new state, never half of one, and needs no lock, so the store may be mounted read-only.
+# .../glasses_registry_history.jsonl  one JSON line per move, appended, never rewritten.
+# Writers (the CLI) hold an exclusive flock on glasses_registry.lock for read-modify-write-append.
+def registry_dir() -> Path:
+    """Where the alias file and history live: $GLASSES_REGISTRY_DIR, else beside the store (BENTOML_HOME).
+    (Replicas whose BENTOML_HOME must be writable mount the shared store read-only and point here.)"""
+    return Path(os.environ.get(REGISTRY_DIR_ENV_VAR) or bentoml_home()).expanduser()
+
+
+def _pointer_file() -> Path:
+    return registry_dir() / "glasses_registry.json"
+
+
+def _history_file() -> Path:
+    return registry_dir() / "glasses_registry_history.jsonl"
+
+
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    """Exclusive lock for one registry write (blocks while another CLI call writes)."""
+    home = registry_dir()
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / "glasses_registry.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def read_aliases() -> dict[str, dict[str, Any]]:
+    """Every alias: {name: {"tag", "traffic", "shadow"}} (a pointer of older code: production only)."""
+    path = _pointer_file()
+    if not path.exists():
+        return {}
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RegistryError(f"cannot read the promotion pointer {path} ({exc}); fix or delete it, then "
+                            f"`glasses-train registry promote TAG`") from None
+    if not isinstance(state, dict) or not isinstance(state.get("aliases", {}), dict):
+        raise RegistryError(f"the promotion pointer {path} is not a JSON object of aliases; fix or delete it")
+    aliases = {name: {"tag": entry["tag"], "traffic": float(entry.get("traffic") or 0.0),
+                      "shadow": bool(entry.get("shadow"))}
+               for name, entry in state.get("aliases", {}).items()}
+    if PRODUCTION not in aliases and state.get("promoted"):
+        aliases[PRODUCTION] = {"tag": state["promoted"], "traffic": 0.0, "shadow": False}
+    return aliases
+
+
+def alias_target(name: str) -> str | None:
+    """The tag alias `name` points to (None when unset)."""
+    entry = read_aliases().get(name)
+    return entry["tag"] if entry else None
+
+
+def read_history() -> list[dict[str, Any]]:
+    """Every recorded alias move, oldest first."""
+    path = _history_file()
+    if not path.exists():
+        return []
+    entries = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            raise RegistryError(f"line {n} of the registry history {path} is not JSON (a hand edit?)") from None
+    return entries
+
+
+def set_alias(name: str, tag: str | None, *, traffic: float = 0.0, shadow: bool = False,
+              note: str | None = None, action: str = "alias set") -> dict[str, Any]:
+    """Point alias `name` at `tag` (None: remove it); atomic, locked, recorded. Returns the history entry."""
+    if not ALIAS_PATTERN.fullmatch(name):
+        raise RegistryError(f"alias {name!r} must match {ALIAS_PATTERN.pattern}")
+    if not 0.0 <= traffic <= 1.0:
+        raise RegistryError(f"--traffic must be a share between 0 and 1, got {traffic}")
+    if name == PRODUCTION and (traffic or shadow):
+        raise RegistryError("production answers all traffic the candidate does not take: give --traffic/--shadow "
+                            "to the candidate alias")
+    if traffic and shadow:
+        raise RegistryError("an alias either answers a share of the traffic (--traffic) or shadows it (--shadow)")
+    full = str(get_model(tag).tag) if tag is not None else None
+    with _locked():
+        aliases = read_aliases()
+        before = aliases.get(name, {}).get("tag")
+        if full is None:
+            if name not in aliases:
+                raise RegistryError(f"alias {name!r} is not set (set ones: {', '.join(sorted(aliases)) or 'none'})")
+            if name == PRODUCTION:
+                raise RegistryError("production cannot be unset: promote or roll back another version instead")
+            del aliases[name]
+        else:
+            aliases[name] = {"tag": full, "traffic": float(traffic), "shadow": bool(shadow)}
+        state = {"aliases": aliases, "promoted": aliases.get(PRODUCTION, {}).get("tag")}
+        write_json_atomic(_pointer_file(), state, indent=2)
+        entry = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "action": action,
+                 "alias": name, "from": before, "to": full, "traffic": traffic, "shadow": shadow,
+                 "by": _who(), "note": note}
+        with open(_history_file(), "a") as fh:
+            fh.write(json.dumps(entry) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+    return entry
+
+
+def _who() -> str:
+    """user@host for the audit history."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a container user without a passwd entry
+        user = f"uid{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
+
+
+def promote(tag: str, note: str | None = None) -> str:
+    """Point `production` at `tag`: every running worker serves it within seconds (rollback: `rollback`)."""
+    return set_alias(PRODUCTION, tag, note=note, action="promote")["to"]
+
+
+def rollback_target() -> str:
+    """Where `rollback` takes production: before the latest move not yet undone (rollbacks stack)."""
+    undone = 0
+    for entry in reversed([e for e in read_history() if e.get("alias") == PRODUCTION]):
+        if entry.get("action") == "rollback":
+            undone += 1
+        elif undone:
+            undone -= 1
+        elif entry.get("from"):
+            return entry["from"]
+        else:
+            break
+    raise RegistryError("nothing to roll back to: production has no earlier target in the history")
+
+
+def rollback(note: str | None = None) -> dict[str, Any]:
+    """Point production back at its previous target; returns the history entry."""
+    return set_alias(PRODUCTION, rollback_target(), note=note, action="rollback")
+
+
 def promoted_tag() -> str | None:
-    """The promoted tag, if one is set and still present in the store."""
-    tag = _read_pointer().get("promoted")
+    """The production tag, if one is set and still present in the store."""
+    tag = alias_target(PRODUCTION)
     if tag is None:
         return None
     try:
@@ -90,19 +226,6 @@ def promoted_tag() -> str | None:
     except bentoml.exceptions.NotFound:
         return None
     return tag
-
-
-def promote(tag: str) -> str:
-    """Make `tag` the version the service serves by default (rollback = promote an older one)."""
-    model = get_model(tag)
-    full = str(model.tag)
-    state = _read_pointer()
-    state["promoted"] = full
-    state.setdefault("history", []).append({"tag": full, "at": datetime.now(timezone.utc).isoformat()})
-    path = _pointer_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, state, indent=2)  # readers see the old or the new pointer, never half of one
-    return full
 
 
 def import_bundled_model(path: Path = BUNDLED_MODEL_FILE) -> str:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One set-up command for a fresh machine: a virtualenv with every pinned dependency, plus podman
-# (for the container test) when we are root on Debian. Safe to re-run.
+# (for the container test) and haproxy (two-replica test) when we are root on Debian. Safe to re-run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +13,10 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   if ! command -v podman >/dev/null || ! command -v debootstrap >/dev/null || ! command -v runc >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap >/dev/null \
       || echo "setup: could not install podman/runc/debootstrap; the container test will skip" >&2
+  fi
+  if ! command -v haproxy >/dev/null; then  # the two-replica test behind a load balancer (tests/test_replicas.py)
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null \
+      || echo "setup: could not install haproxy; the two-replica test will skip" >&2
   fi
 fi
 echo "setup: done (.venv ready)"

@@ -23,6 +23,7 @@ import numpy as np
 
 from glasses.config import BATCH_SIZE, CLASS_NAMES, DEFAULT_THRESHOLD, POSITIVE_CLASS
 from glasses.files import file_sha256
+from glasses.monitoring import reference_histogram
 from training.cli import UserError
 
 EPSILON = 1e-7  # Keras' clipping for binary cross-entropy
@@ -203,6 +204,8 @@ def evaluate(
         "class_names": list(CLASS_NAMES),
         "threshold": {"value": value, "method": method},
         "metrics": binary_metrics(test_true, test_prob, value),
+        "reference_distribution": {"split": "test", "photos": len(test_true),
+                                   "counts": reference_histogram(test_prob)},  # the service's drift baseline
         "validation_metrics": binary_metrics(val_true, val_prob, value) if len(val_true) else None,
         "manifest_path": str(manifest_path.resolve()),
         "manifest_hash": manifest_hash(manifest_path),

@@ -10,7 +10,9 @@
       -> bentoml.models.create(MODEL_NAME, labels, metadata) as ctx; model.save(ctx.path_of("model.keras"))
          (atomic: BentoML copies into the store only when the block exits cleanly; on an exception
          nothing reaches the store and the temporary directory is removed)
-      -> promote (pointer file beside the store, see glasses/registry.py) unless told not to
+      -> promote (production alias, glasses/registry.py) unless told not to, and only if it is not
+         below production on the same photos: when production was tested on another manifest, both
+         are re-scored on this run's test photos (training/compare.py: promotion_decision), else not promoted
 
 `glasses-train registry list|show|promote|export|import` manage the store; BentoML's own
 `bentoml models list/get/export/import` work on the same store ($BENTOML_HOME).
@@ -23,13 +25,13 @@ import json
 import platform
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from glasses.config import CLASS_MAP, CLASS_NAMES, MODEL_NAME, POSITIVE_CLASS, REPO_ROOT
 from glasses.preprocessing import PREPROCESSING_VERSION
+from training import registry_aliases
 from training.cli import UserError
 
 KEY_METRICS = ("accuracy", "balanced_accuracy", "roc_auc", "f1", "loss")
@@ -59,6 +61,7 @@ class RegisterResult:
     promoted: bool
     forced: bool
     gate: GateDecision
+    why: str = ""  # why it was (not) promoted, in one line
 
 
 # --- lineage helpers ----------------------------------------------------------------------------
@@ -137,7 +140,8 @@ def check_gate(metrics: dict, manifest_hash: str, *, metric: str, floor: float) 
 # --- registration -------------------------------------------------------------------------------
 
 
-def build_metadata(summary: dict, report: dict, *, gate: GateDecision, forced: bool) -> dict:
+def build_metadata(summary: dict, report: dict, *, gate: GateDecision, forced: bool,
+                   probe: list[float] | None = None) -> dict:
     """Everything the registry records about a model (lineage, metrics, settings, environment)."""
     profile = summary["profile_config"]
     metrics = dict(report["metrics"])
@@ -166,6 +170,8 @@ def build_metadata(summary: dict, report: dict, *, gate: GateDecision, forced: b
         "split_manifest_hash": report["manifest_hash"],
         "split_manifest_path": report["manifest_path"],
         "image_size": report["image_size"],
+        "reference_distribution": report.get("reference_distribution"),
+        "parity_probe": probe,
         "preprocessing_version": PREPROCESSING_VERSION,
         "class_map": dict(CLASS_MAP),
         "class_names": list(CLASS_NAMES),
@@ -206,6 +212,7 @@ def register(run_dir: str | Path, *, force: bool = False, promote: bool = True) 
 
     from glasses import registry
     from glasses.files import file_sha256
+    from glasses.monitoring import record_probe
     from training.evaluate import REPORT_FILE
     from training.tune import read_tune_summary
 
@@ -226,7 +233,8 @@ def register(run_dir: str | Path, *, force: bool = False, promote: bool = True) 
     if not gate.passed and not force:
         raise UserError(f"quality gate refused the model: {gate.reason} (use --force to register anyway)")
     model = keras.saving.load_model(run_dir / "model.keras", compile=False)
-    metadata = build_metadata(summary, report, gate=gate, forced=force and not gate.passed)
+    metadata = build_metadata(summary, report, gate=gate, forced=force and not gate.passed,
+                              probe=record_probe(model, int(report["image_size"])))
     labels = {
         "profile": profile["name"],
         "objective": profile["objective"],
@@ -238,9 +246,15 @@ def register(run_dir: str | Path, *, force: bool = False, promote: bool = True) 
     tag = save_to_store(model, metadata=metadata, labels=labels)
     (run_dir / "registered.json").write_text(json.dumps({"tag": tag, "gate": gate.as_dict()}, indent=2))
     forced = force and not gate.passed
+    promoted, why = False, "forced past the gate" if forced else "--no-promote"
     if promote and not forced:
-        registry.promote(tag)
-    return RegisterResult(tag=tag, promoted=promote and not forced, forced=forced, gate=gate)
+        from training.compare import promotion_decision
+
+        promoted, why = promotion_decision(tag, gate, summary.get("data_source"),
+                                           Path(summary["manifest_path"]).parents[2])
+    if promoted:
+        registry.promote(tag, note=f"register --run-dir {run_dir.name}: {why}")
+    return RegisterResult(tag=tag, promoted=promoted, forced=forced, gate=gate, why=why)
 
 
 # --- registry management ------------------------------------------------------------------------
@@ -258,16 +272,22 @@ def model_summary(model) -> dict:
         "threshold": meta.get("threshold"),
         "image_size": meta.get("image_size"),
         "manifest": (meta.get("split_manifest_hash") or "")[:12],
+        "test_photos": metrics.get("n"),
+        "source": meta.get("data_source"),
         "forced": model.info.labels.get("forced") == "true",
     }
 
 
 def list_versions() -> list[dict]:
-    """Every stored version, newest first, with `promoted` marked."""
+    """Every stored version, newest first, with `promoted` (= production) and its aliases marked."""
     from glasses import registry
 
-    promoted = registry.promoted_tag()
-    return [model_summary(m) | {"promoted": str(m.tag) == promoted} for m in registry.list_models()]
+    aliases = registry.read_aliases()
+    rows = []
+    for m in registry.list_models():
+        names = sorted(n for n, e in aliases.items() if e["tag"] == str(m.tag))
+        rows.append(model_summary(m) | {"promoted": "production" in names, "aliases": names})
+    return rows
 
 
 def export_version(tag: str, path: str | Path) -> Path:
@@ -318,13 +338,15 @@ def _registry_cli(args) -> int:
         if not rows:
             print(f"no {MODEL_NAME} versions in {registry.bentoml_home()}")
             return 0
-        cols = ("tag", "created", "profile", "accuracy", "balanced_accuracy", "roc_auc", "threshold", "manifest")
+        cols = ("tag", "created", "profile", "roc_auc", "balanced_accuracy", "threshold", "test_photos", "source",
+                "aliases")
+        rows = [r | {"aliases": ",".join(r["aliases"]) or None} for r in rows]
         table = [[("* " if r["promoted"] else "  ") + r["tag"]] + [_fmt(r[c]) for c in cols[1:]] for r in rows]
         widths = [max(len(x) for x in col) for col in zip(["  tag", *cols[1:]], *table)]
         print("  ".join(h.ljust(w) for h, w in zip(["  tag", *cols[1:]], widths)))
         for row in table:
             print("  ".join(x.ljust(w) for x, w in zip(row, widths)))
-        print("(* = promoted: served by default)")
+        print("(* = production: what every worker serves; test_photos/source = what its metrics were measured on)")
     elif args.action == "show":
         model = registry.get_model(args.tag)
         info = {"tag": str(model.tag), "path": model.path, "created": model.info.creation_time.isoformat(),
@@ -332,7 +354,7 @@ def _registry_cli(args) -> int:
                 "metadata": model.info.metadata}
         print(json.dumps(info, indent=2, default=str))
     elif args.action == "promote":
-        print(f"promoted {registry.promote(args.tag)}")
+        print(f"promoted {registry.promote(args.tag, note=args.note)} (running services follow within seconds)")
     elif args.action == "export":
         path = export_version(args.tag, args.file)
         print(f"exported {registry.get_model(args.tag).tag} -> {path}")
@@ -343,16 +365,13 @@ def _registry_cli(args) -> int:
 
 def _register_cli(args) -> int:
     result = register(args.run_dir, force=args.force, promote=not args.no_promote)
-    print(f"registered {result.tag} in {_store_dir()} ({result.gate.reason}{'; FORCED' if result.forced else ''})")
-    print(f"promoted: {'yes' if result.promoted else 'no'}"
-          + (f" (forced past the gate: `glasses-train registry promote {result.tag}` to serve it)" if result.forced else ""))
-    return 0
-
-
-def _store_dir() -> Path:
     from glasses import registry
 
-    return registry.bentoml_home() / "models" / MODEL_NAME
+    store = registry.bentoml_home() / "models" / MODEL_NAME
+    print(f"registered {result.tag} in {store} ({result.gate.reason}{'; FORCED' if result.forced else ''})")
+    print(f"promoted: {'yes' if result.promoted else 'no'} ({result.why})"
+          + (f"; `glasses-train registry promote {result.tag}` to serve it" if not result.promoted else ""))
+    return 0
 
 
 def add_cli(subparsers) -> None:
@@ -369,13 +388,12 @@ def add_cli(subparsers) -> None:
     ls = sub.add_parser("list", help="versions with key metrics; * = promoted")
     ls.add_argument("--json", action="store_true")
     sub.add_parser("show", help="labels and metadata of one version").add_argument("tag")
-    sub.add_parser("promote", help="serve this version by default (rollback = promote an older one)").add_argument("tag")
+    pr = sub.add_parser("promote", help="point production at this version (every running worker follows)")
+    pr.add_argument("tag")
+    pr.add_argument("--note", help="why (recorded in the history)")
     ex = sub.add_parser("export", help="write a version to a .bentomodel file")
     ex.add_argument("tag")
     ex.add_argument("file", type=Path)
     sub.add_parser("import", help="import a .bentomodel file").add_argument("file", type=Path)
     r.set_defaults(func=_registry_cli)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("use `glasses-train register` / `glasses-train registry`")
+    registry_aliases.add_cli(sub)
