@@ -45,6 +45,7 @@ class Answer:
     status: int  # HTTP status, 0 = connection failed
     model: str | None
     verdict: str | None
+    error: str = ""  # the client's exception or the error body
 
 
 class Load:
@@ -74,9 +75,10 @@ class Load:
                 resp = session.post(self.url + self.path, files={"image": ("f.jpg", IMAGES[n % len(IMAGES)])},
                                     timeout=60)
                 body = resp.json() if resp.status_code == 200 else {}
-                answer = Answer(sent, resp.status_code, body.get("model"), body.get("verdict"))
-            except (requests.RequestException, ValueError):
-                answer = Answer(sent, 0, None, None)
+                answer = Answer(sent, resp.status_code, body.get("model"), body.get("verdict"),
+                                "" if resp.status_code == 200 else resp.text[:200])
+            except (requests.RequestException, ValueError) as exc:
+                answer = Answer(sent, 0, None, None, repr(exc)[:300])
             with self._lock:
                 self.answers.append(answer)
             n += 3

@@ -29,14 +29,20 @@ BOUND_S = 90.0
 HAPROXY_CFG = """
 global
     maxconn 256
+    log stderr format raw local0 err
 defaults
     mode http
+    log global
+    option httplog
+    option log-separate-errors
     timeout connect 2s
     timeout client 60s
     timeout server 60s
-    retries 3
-    option redispatch
+    retries 5
+    option redispatch 1
     retry-on all-retryable-errors
+    option http-buffer-request
+    option http-server-close
 frontend verdicts
     bind {host}:{port}
     default_backend replicas
@@ -67,7 +73,7 @@ def replicas(tmp_path_factory):
         proxy = subprocess.Popen([HAPROXY, "-f", str(cfg), "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         url = f"http://{HOST}:{port}"
         _wait_ready(url, proxy)
-        yield url, store, servers, (a, b)
+        yield url, store, servers, (a, b), proxy
         proxy.terminate()
         proxy.wait(timeout=10)
     finally:
@@ -90,7 +96,7 @@ def _wait_ready(url: str, proxy: subprocess.Popen, timeout: float = 30) -> None:
 
 
 def test_promote_under_load_switches_both_replicas(replicas):
-    url, store, servers, (a, b) = replicas
+    url, store, servers, (a, b), _ = replicas
     with Load(url) as load:
         assert load.wait_for(converged(a, 10), BOUND_S)
         glasses_train(store, "registry", "promote", b, "--note", "both replicas")
@@ -101,7 +107,7 @@ def test_promote_under_load_switches_both_replicas(replicas):
 
 
 def test_killing_one_replica_fails_no_client_request(replicas):
-    url, _, servers, (_, b) = replicas
+    url, _, servers, (_, b), proxy = replicas
     with Load(url) as load:
         assert load.wait_for(lambda answers: len(answers) >= 20, BOUND_S)
         for proc in servers[1]._processes():  # kill -9 the whole replica: server and workers
@@ -112,5 +118,8 @@ def test_killing_one_replica_fails_no_client_request(replicas):
         killed_at = len(load.answers)
         assert load.wait_for(lambda answers: len(answers) >= killed_at + 60, BOUND_S)
     failed = [x for x in load.answers if x.status != 200]
-    assert not failed, f"{len(failed)} of {len(load.answers)} client requests failed"
+    if failed:
+        proxy.terminate()
+        pytest.fail(f"{len(failed)} of {len(load.answers)} client requests failed: {failed[:3]}\n"
+                    f"{proxy.stderr.read().decode()[-3000:]}")
     assert {x.model for x in load.answers} == {b}
