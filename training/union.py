@@ -29,7 +29,9 @@ import numpy as np
 from glasses.config import IMAGE_SIZE, SEED, WORK_DIR
 from glasses.files import write_json_atomic
 from glasses.preprocessing import PREPROCESSING_VERSION
+from training.cache import cache_root, is_cache_of
 from training.cli import UserError
+from training.split import SPLIT_VERSION, write_manifest
 
 UNION_FORMAT = 1
 
@@ -175,7 +177,7 @@ def prepare_union(sources: list[str], *, size: int = IMAGE_SIZE, exclude: bool =
                   scheduler: str | None = None, work_dir: Path = WORK_DIR, seed: int = SEED,
                   group_column: str | None = None, progress: bool = True):
     """Prepare every source, then their deduplicated union split by person (a PreparedData)."""
-    from training.prepare import SPLIT_VERSION, PreparedData, cache_root, is_cache_of, prepare, write_manifest
+    from training.prepare import PreparedData, prepare
 
     if len(set(sources)) != len(sources):
         raise UserError(f"a source is given twice: {', '.join(sources)}")
