@@ -309,14 +309,14 @@ class LiveModels:
     def describe(self) -> dict[str, Any]:
         """Production's card, plus every alias, what this worker has loaded, refusals and shadow counts."""
         snap = self.snapshot
-        served = {alias: {"tag": v.tag, **snap.modes[alias], "load_s": round(v.load_s, 3),
+        served = {alias: {**snap.modes[alias], "tag": v.tag, "load_s": round(v.load_s, 3),
                           "parity_max_abs": v.parity, "psi": v.psi, "verdicts_seen": len(v.recent)}
                   for alias, v in snap.versions.items()}
         shadow = {f"{cand} vs {prod}": {**c, "compared": c["agree"] + c["disagree"],
                                         "agreement": c["agree"] / max(1, c["agree"] + c["disagree"])}
                   for (prod, cand), c in self.shadow_counts.items()}
         return {**snap.versions[PRODUCTION_ALIAS].card, "aliases": snap.aliases, "served": served,
-                "refused": [{"tag": t, **r} for t, r in self.refused.items()], "shadow": shadow,
+                "refused": [{"tag": t, **r} for t, r in list(self.refused.items())], "shadow": shadow,
                 "worker_pid": os.getpid(), "pinned": self.pin,
                 "reload": {"poll_s": RELOAD_POLL_S, "last_check": datetime.fromtimestamp(
                     self.last_check, timezone.utc).isoformat(timespec="seconds")}}

@@ -49,7 +49,8 @@ frontend verdicts
 backend replicas
     balance roundrobin
     option httpchk GET /readyz
-    default-server inter 500ms fall 1 rise 2
+    timeout check 5s
+    default-server inter 1s fall 2 rise 2
 {servers}
 """
 
@@ -87,7 +88,7 @@ def _wait_ready(url: str, proxy: subprocess.Popen, timeout: float = 30) -> None:
         assert proxy.poll() is None, proxy.stderr.read().decode()[-2000:]
         try:
             if requests.get(url + "/readyz", timeout=2).status_code == 200:
-                time.sleep(1.5)  # both servers seen up by the health checks (rise 2 x 500 ms)
+                time.sleep(3)  # both servers seen up by the health checks (rise 2 x 1 s)
                 return
         except requests.RequestException:
             pass
@@ -101,7 +102,8 @@ def test_promote_under_load_switches_both_replicas(replicas):
         assert load.wait_for(converged(a, 10), BOUND_S)
         glasses_train(store, "registry", "promote", b, "--note", "both replicas")
         assert load.wait_for(converged(b), BOUND_S)
-    assert all(x.status == 200 for x in load.answers), {x.status for x in load.answers}
+    failed = [x for x in load.answers if x.status != 200]
+    assert not failed, f"{len(failed)} of {len(load.answers)} failed: {failed[:3]}"
     for server in servers:  # each replica, asked directly
         assert requests.get(f"{server.url}/model", timeout=30).json()["tag"] == b
 

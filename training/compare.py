@@ -127,7 +127,7 @@ def promotion_decision(tag: str, gate, source: str | None, work_dir: str | Path 
         return False, f"production {gate.promoted_tag} was tested on other photos and this run records no source to re-score both on"
     try:
         report = compare([gate.promoted_tag, tag], source, work_dir=work_dir)
-    except UserError as exc:
+    except (UserError, ValueError, OSError) as exc:  # registered either way: only promotion is at stake
         return False, f"production {gate.promoted_tag} was tested on other photos and cannot be re-scored on this run's: {exc}"
     base, new = (v["metrics"].get(gate.metric) for v in report["versions"])
     same = f"re-scored on the same {report['photos']} test photos of {source}"
