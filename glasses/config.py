@@ -40,6 +40,7 @@ KAGGLE_IMAGE_DIR = "faces-spring-2020/faces-spring-2020"
 
 # --- data pipeline ------------------------------------------------------------------------------
 SEED = 1234
+SPLITS: tuple[str, str, str] = ("train", "val", "test")  # split names, in order
 SPLIT_FRACTIONS: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train / val / test
 BATCH_SIZE = 64
 SHUFFLE_BUFFER = 2000
@@ -123,7 +124,7 @@ EXPLAIN_CONCURRENCY = 1
 EXPLAIN_QUEUE = 2
 EXPLAIN_WAIT_S = 10.0
 
-# --- prepare (training/prepare.py) --------------------------------------------------------------
+# --- prepare (training/prepare.py, sources.py, cache.py, split.py) ------------------------------
 CACHE_SUBDIR = "cache"  # WORK_DIR/cache/<kind>-<size>-<fingerprint[:16]>/
 CSV_BLOCKSIZE = "16MB"  # dask.dataframe.read_csv partition size (CSV may exceed memory)
 DECODE_CHUNK = 32  # images per dask task (upper bound; small sources get smaller chunks)
