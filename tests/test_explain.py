@@ -121,14 +121,14 @@ def test_explain_admission_refuses_past_running_plus_waiting():
 
 def _celeba_test_glasses(celeba_dir: Path) -> list[Path]:
     """The glasses photos of the seed-1234 test split, by person, as `glasses-train prepare` splits them."""
-    from training.prepare import label_folders, scan_folders, split_assignments
+    from training.sources import label_folders, scan_folders
+    from training.split import split_assignments
 
     inv = label_folders(scan_folders(str(celeba_dir)))
     split = split_assignments(inv.labels, inv.groups)
     return [celeba_dir / f for f, label, s in zip(inv.files, inv.labels, split) if s == 2 and label == 1]
 
 
-@pytest.mark.slow
 def test_heat_peaks_on_the_eyes_of_real_glasses_photos(request, tmp_path_factory, celeba_dir):
     server = bundled_server(request, tmp_path_factory)
     photos = _celeba_test_glasses(celeba_dir)
