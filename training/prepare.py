@@ -120,8 +120,17 @@ def summary(p: PreparedData, *, limit: int = 10) -> str:
     return "\n".join(lines)
 
 
+def prepare_sources(sources: list[str], **kwargs) -> PreparedData:
+    """One source: `prepare`; several: their deduplicated union, split by person (training.union)."""
+    if len(sources) == 1:
+        return prepare(sources[0], **kwargs)
+    from training.union import prepare_union
+
+    return prepare_union(sources, **kwargs)
+
+
 def _run(args: argparse.Namespace) -> int:
-    result = prepare(args.source, size=args.size, exclude=not args.no_exclude, scheduler=args.scheduler,
+    result = prepare_sources(args.source, size=args.size, exclude=not args.no_exclude, scheduler=args.scheduler,
                      work_dir=Path(args.work_dir), seed=args.seed, group_column=args.group_column)
     print(summary(result))
     return 0
@@ -130,7 +139,9 @@ def _run(args: argparse.Namespace) -> int:
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     """Register `glasses-train prepare`."""
     p = subparsers.add_parser("prepare", help="decode, cache and split a dataset (kaggle, kaggle-dir:PATH, folders:PATH)")
-    p.add_argument("--source", required=True, help="kaggle | kaggle-dir:PATH (dir or .zip) | folders:PATH")
+    p.add_argument("--source", required=True, action="append",
+                   help="kaggle | kaggle-dir:PATH (dir or .zip) | folders:PATH; repeat it to prepare the "
+                        "deduplicated union of several sources, split by person")
     p.add_argument("--size", type=int, choices=ALLOWED_SIZES, default=IMAGE_SIZE, help="image side (default %(default)s)")
     p.add_argument("--no-exclude", action="store_true", help="keep the paper's 523 excluded Kaggle ids")
     p.add_argument("--scheduler", default=None,
