@@ -31,6 +31,7 @@ BUNDLED_MODEL_FILE = REPO_ROOT / "models" / "glasses_classifier.bentomodel"
 
 # --- registry -----------------------------------------------------------------------------------
 MODEL_NAME = "glasses_classifier"
+MODEL_FILE = "model.keras"  # the Keras file inside a stored version and a run directory
 MODEL_ENV_VAR = "GLASSES_MODEL"  # a tag such as glasses_classifier:abc123 pins what is served
 REGISTRY_DIR_ENV_VAR = "GLASSES_REGISTRY_DIR"  # alias file + history, default $BENTOML_HOME (glasses/registry.py)
 PRODUCTION_ALIAS = "production"  # what `registry promote` sets; every worker serves it
@@ -130,6 +131,17 @@ DRIFT_BINS = 10  # reference histogram of P(glasses) on the test split
 DRIFT_WINDOW = 500  # PSI over the last N verdicts of a version (per worker)
 DRIFT_MIN_VERDICTS = 100  # no PSI before this many verdicts
 DRIFT_WORRY_PSI = 0.25  # the value an operator should act on (0.1-0.25: watch)
+# POST /explain (service/explain.py): occlusion patch and stride as fractions of the model's input side,
+# copies scored per classifier call, the longest side of the returned PNG; at most EXPLAIN_CONCURRENCY
+# explanations run at once and EXPLAIN_QUEUE more may wait (beyond that: 429), none longer than
+# EXPLAIN_WAIT_S (then 503), so explanations never pile up in front of /predict's CPU.
+EXPLAIN_PATCH = 1 / 6
+EXPLAIN_STRIDE = 1 / 16
+EXPLAIN_CHUNK = 32
+EXPLAIN_MAX_SIDE = 512
+EXPLAIN_CONCURRENCY = 1
+EXPLAIN_QUEUE = 2
+EXPLAIN_WAIT_S = 10.0
 
 # --- prepare (training/prepare.py, sources.py, cache.py, split.py) ------------------------------
 CACHE_SUBDIR = "cache"  # WORK_DIR/cache/<kind>-<size>-<fingerprint[:16]>/

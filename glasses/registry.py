@@ -1,15 +1,16 @@
-"""The model registry, shared by the service and the training CLI.
+"""The model registry: every read and write of the model store goes through this module.
 
 The registry is a BentoML model store (`$BENTOML_HOME`, default `~/bentoml`): every registered
 model is a `glasses_classifier:<version>` holding `model.keras` plus metadata. Aliases name versions
 (`production` = what `promote` sets and every worker serves; `candidate` = served beside it, as a
-canary share or a shadow; any other name = a bookmark); they live in
-`$BENTOML_HOME/glasses_registry.json`, beside the store, with every move appended to an audit
-history, so BentoML's own `bentoml models ...` commands keep working unchanged.
+canary share or a shadow; any other name = a bookmark); they live in `glasses_registry.json` beside
+the store (or in $GLASSES_REGISTRY_DIR), every move appended to an audit history, so BentoML's own
+`bentoml models ...` commands keep working unchanged.
 
-Which model the service serves: env GLASSES_MODEL (pinned), else production, else the newest.
-What a version is (`model_card`: GET /model shows it) and whether this code can score it
-(`check_servable`) are decided here too, once, for the service and `glasses-train compare`.
+    store:    save_version, import_version, export_version, list_models, list_versions, get_model
+    aliases:  set_alias, promote, rollback, read_aliases, read_history, promoted_tag,
+              resolve_tag (GLASSES_MODEL > production > newest > bundled)
+    versions: model_card (what GET /model shows), check_servable (can this code score it?)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import getpass
 import json
 import os
 import re
+import shutil
 import socket
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +36,7 @@ from glasses.config import (
     DEFAULT_THRESHOLD,
     IMAGE_SIZE,
     MODEL_ENV_VAR,
+    MODEL_FILE,
     MODEL_NAME,
     POSITIVE_CLASS,
     PRODUCTION_ALIAS as PRODUCTION,
@@ -44,13 +47,73 @@ from glasses.files import UserError, write_json_atomic
 ALIAS_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
 
+# Key metrics `list_versions` shows for every version.
+KEY_METRICS = ("accuracy", "balanced_accuracy", "roc_auc", "f1", "loss")
+POINTER_FILE = "glasses_registry.json"  # the aliases
+HISTORY_FILE = "glasses_registry_history.jsonl"  # every alias move, appended
+
+
 class RegistryError(UserError):
     """A registry operation that cannot be done; the message says why in one line."""
 
 
+# --- where the store is -------------------------------------------------------------------------
 def bentoml_home() -> Path:
     """The BentoML home holding the model store (BENTOML_HOME or ~/bentoml)."""
     return Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml").expanduser()
+
+
+def store_dir() -> Path:
+    """Where the versions of MODEL_NAME live inside the store."""
+    return bentoml_home() / "models" / MODEL_NAME
+
+
+# --- the store ----------------------------------------------------------------------------------
+def save_version(model: Any, *, metadata: dict[str, Any], labels: dict[str, Any]) -> str:
+    """Save a keras.Model as a new `glasses_classifier` version; returns its tag. All or nothing:
+    BentoML copies into the store only when the block exits cleanly."""
+    labels = {str(k): str(v) for k, v in labels.items()}
+    tmp_path = None
+    try:
+        with bentoml.models.create(MODEL_NAME, labels=labels, metadata=metadata) as ctx:
+            tmp_path = Path(ctx.path)
+            model.save(ctx.path_of(MODEL_FILE))
+        return str(ctx.tag)
+    finally:
+        if tmp_path is not None and tmp_path.exists():  # BentoML leaves its temp dir behind
+            shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def import_version(path: str | Path) -> str:
+    """Import a `.bentomodel` archive into the store; returns its tag (not promoted)."""
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise RegistryError(f"{path} does not exist")
+    try:
+        return str(bentoml.models.import_model(str(path)).tag)
+    except bentoml.exceptions.BentoMLException as exc:
+        raise RegistryError(f"cannot import {path}: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # tarfile/yaml errors for a corrupt archive
+        raise RegistryError(f"cannot import {path}: not a valid .bentomodel archive ({type(exc).__name__})") from None
+
+
+def import_bundled_model(path: Path = BUNDLED_MODEL_FILE) -> str:
+    """Import the bundled default `.bentomodel` into the store and return its tag (the store must not
+    hold that version yet: `resolve_tag` calls this only for an empty store)."""
+    if not path.exists():
+        raise RegistryError(f"bundled model {path} is missing")
+    return import_version(path)
+
+
+def export_version(tag: str, path: str | Path) -> Path:
+    """Write one version to a `.bentomodel` archive."""
+    model = get_model(tag)
+    path = Path(path).resolve()  # bentoml resolves relative paths against "/", not the cwd
+    if path.suffix != ".bentomodel":
+        raise RegistryError(f"export file must end in .bentomodel, got {path.name}")
+    if not path.parent.exists():
+        raise RegistryError(f"directory {path.parent} does not exist")
+    return Path(bentoml.models.export_model(str(model.tag), str(path)))
 
 
 def list_models() -> list[bentoml.Model]:
@@ -73,24 +136,54 @@ def get_model(tag: str) -> bentoml.Model:
         raise RegistryError(f"{tag!r} is not a valid model tag: {str(exc).splitlines()[0]}") from None
 
 
+def version_summary(model: bentoml.Model) -> dict[str, Any]:
+    """Key facts of one stored version (a row of `registry list`)."""
+    meta = model.info.metadata
+    metrics = meta.get("metrics", {})
+    return {
+        "tag": str(model.tag),
+        "created": model.info.creation_time.isoformat(timespec="seconds"),
+        "profile": meta.get("tuner", {}).get("profile") or model.info.labels.get("profile"),
+        **{m: metrics.get(m) for m in KEY_METRICS},
+        "threshold": meta.get("threshold"),
+        "image_size": meta.get("image_size"),
+        "manifest": (meta.get("split_manifest_hash") or "")[:12],
+        "test_photos": metrics.get("n"),
+        "source": meta.get("data_source"),
+        "forced": model.info.labels.get("forced") == "true",
+    }
+
+
+def list_versions() -> list[dict[str, Any]]:
+    """Every stored version, newest first, with `promoted` (= production) and its aliases marked."""
+    aliases = read_aliases()
+    rows = []
+    for m in list_models():
+        names = sorted(n for n, e in aliases.items() if e["tag"] == str(m.tag))
+        rows.append(version_summary(m) | {"promoted": PRODUCTION in names, "aliases": names})
+    return rows
+
+
+def describe(tag: str) -> dict[str, Any]:
+    """Everything stored about one version: tag, path, creation time, promoted, labels, metadata."""
+    model = get_model(tag)
+    return {"tag": str(model.tag), "path": model.path, "created": model.info.creation_time.isoformat(),
+            "promoted": str(model.tag) == promoted_tag(), "labels": model.info.labels,
+            "metadata": model.info.metadata}
+
+
 # --- aliases and their audit history ------------------------------------------------------------
-# $GLASSES_REGISTRY_DIR (default $BENTOML_HOME)/glasses_registry.json  {"aliases": {NAME: {"tag", "traffic", "shadow"}}, "promoted": TAG}
-#   replaced atomically (write + rename): a reader (every service worker, once a second) sees the old
-#   or the new state, never half of one, and needs no lock, so the store may be mounted read-only.
-# .../glasses_registry_history.jsonl  one JSON line per move, appended, never rewritten.
-# Writers (the CLI) hold an exclusive flock on glasses_registry.lock for read-modify-write-append.
+# POINTER_FILE {"aliases": {NAME: {"tag", "traffic", "shadow"}}, "promoted": TAG} is replaced atomically:
+# readers (every worker, each second) see the old or the new state and need no lock (the store may be
+# mounted read-only). HISTORY_FILE gets one JSON line per move, appended. Writers hold an exclusive flock.
 def registry_dir() -> Path:
     """Where the alias file and history live: $GLASSES_REGISTRY_DIR, else beside the store (BENTOML_HOME).
     (Replicas whose BENTOML_HOME must be writable mount the shared store read-only and point here.)"""
     return Path(os.environ.get(REGISTRY_DIR_ENV_VAR) or bentoml_home()).expanduser()
 
 
-def _pointer_file() -> Path:
-    return registry_dir() / "glasses_registry.json"
-
-
-def _history_file() -> Path:
-    return registry_dir() / "glasses_registry_history.jsonl"
+def _pointer_file(name: str = POINTER_FILE) -> Path:
+    return registry_dir() / name
 
 
 @contextlib.contextmanager
@@ -134,7 +227,7 @@ def alias_target(name: str) -> str | None:
 
 def read_history() -> list[dict[str, Any]]:
     """Every recorded alias move, oldest first."""
-    path = _history_file()
+    path = _pointer_file(HISTORY_FILE)
     if not path.exists():
         return []
     entries = []
@@ -175,7 +268,7 @@ def set_alias(name: str, tag: str | None, *, traffic: float = 0.0, shadow: bool 
         entry = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "action": action,
                  "alias": name, "from": before, "to": full, "traffic": traffic, "shadow": shadow,
                  "by": _who(), "note": note}
-        with open(_history_file(), "a") as fh:
+        with open(_pointer_file(HISTORY_FILE), "a") as fh:
             fh.write(json.dumps(entry) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
@@ -219,22 +312,10 @@ def rollback(note: str | None = None) -> dict[str, Any]:
 def promoted_tag() -> str | None:
     """The production tag, if one is set and still present in the store."""
     tag = alias_target(PRODUCTION)
-    if tag is None:
-        return None
     try:
-        bentoml.models.get(tag)
+        return str(bentoml.models.get(tag).tag) if tag else None
     except bentoml.exceptions.NotFound:
         return None
-    return tag
-
-
-def import_bundled_model(path: Path = BUNDLED_MODEL_FILE) -> str:
-    """Import the bundled default `.bentomodel` into the store and return its tag (the store must not
-    hold that version yet: `resolve_tag` calls this only for an empty store)."""
-    if not path.exists():
-        raise RegistryError(f"bundled model {path} is missing")
-    model = bentoml.models.import_model(str(path))
-    return str(model.tag)
 
 
 def resolve_tag(import_default: bool = True) -> str:
@@ -315,3 +396,4 @@ def _positive_index(class_map: dict) -> int | None:
     except (TypeError, ValueError):
         pass
     return None
+

@@ -34,6 +34,7 @@ from glasses.config import (
     CANDIDATE_ALIAS,
     DRIFT_MIN_VERDICTS,
     DRIFT_WINDOW,
+    MODEL_FILE,
     MODEL_HEADER,
     PARITY_TOLERANCE,
     PRODUCTION_ALIAS,
@@ -45,7 +46,7 @@ from glasses.config import (
     SHADOW_MAX_PENDING,
 )
 from service.batching import ModelBatching
-from service.inference import MODEL_FILE, Classifier
+from service.inference import Classifier
 from service.metrics import ServiceMetrics
 
 logger = logging.getLogger("bentoml.glasses")

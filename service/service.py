@@ -3,7 +3,9 @@
     POST /predict        multipart field `image`           -> one verdict
     POST /predict_batch  repeated multipart field `images` -> verdicts in input order (bad items inline)
     GET  /model          production's card, the aliases, what is loaded, refusals, shadow agreement
-    POST /infer          the batchable inference API: uint8 pixels (N, S, S, 3) -> P(glasses) (N,)
+    POST /infer          the batchable inference API: uint8 pixels (N, S, S, 3) -> P(glasses) (N,) (internal)
+    GET  /  /docs        the try-it page and the API documentation; POST /explain: why a verdict
+                         (service/pages.py, mounted below; off the batching path)
 
 Which version answers: the registry's `production`, followed live (service/live.py: every worker
 re-reads the aliases each second, loads + checks a new target and swaps it in between batches), a
@@ -61,6 +63,7 @@ from glasses.config import (
     SERVE_WORKERS,
 )
 from glasses.registry import model_card, resolve_tag
+from service import pages
 from service.inference import UploadError, decode_upload, verdict
 from service.live import LiveModels, UnknownModel, Version
 from service.uploads import (
@@ -186,3 +189,4 @@ def _refuse(ctx: bentoml.Context, exc: UploadError) -> JSONResponse:
 
 
 GlassesService.add_asgi_middleware(BodyLimitMiddleware, max_bytes=MAX_REQUEST_BYTES)
+pages.mount(GlassesService)  # GET / /docs /docs.json /static/*, POST /explain

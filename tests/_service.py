@@ -24,7 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from glasses.config import CLASS_MAP, IMAGE_SIZE, MODEL_NAME  # noqa: E402
+from glasses.config import CLASS_MAP, IMAGE_SIZE, MODEL_FILE  # noqa: E402
 from loadtests.server import Server, bentoml_command, free_port  # noqa: E402  (free_port re-exported)
 
 BENTOML_BIN = Path(sys.executable).parent / "bentoml"
@@ -71,7 +71,6 @@ def _register_here(seed: int, threshold: float, image_size: int, promote: bool, 
     `variant`: "corrupt" truncates the stored model.keras, "mismatched" records a parity probe the
     model does not reproduce (another model's file), "old-preprocessing" records another contract.
     """
-    import bentoml
     import numpy as np
 
     from glasses import monitoring, preprocessing, registry
@@ -89,7 +88,7 @@ def _register_here(seed: int, threshold: float, image_size: int, promote: bool, 
         "preprocessing_version": preprocessing.PREPROCESSING_VERSION,
         "data_source": "synthetic:tests",
         "data_fingerprint": f"test-seed-{seed}",
-        "manifest_hash": f"test-seed-{seed}",
+        "split_manifest_hash": f"test-seed-{seed}",
         "hyperparameters": {"architecture": "paper-cnn-random", "seed": seed},
         "profile": "test",
         "objective": "val_accuracy",
@@ -99,16 +98,13 @@ def _register_here(seed: int, threshold: float, image_size: int, promote: bool, 
     }
     if variant == "old-preprocessing":
         metadata["preprocessing_version"] = "an-older-contract"
-    with bentoml.models.create(MODEL_NAME, labels={"stage": "test", "variant": variant}, metadata=metadata) as ctx:
-        model.save(ctx.path_of("model.keras"))
-    tag = str(ctx.tag)
+    tag = registry.save_version(model, metadata=metadata, labels={"stage": "test", "variant": variant})
     if variant == "corrupt":
-        path = Path(bentoml.models.get(tag).path_of("model.keras"))
+        path = Path(registry.get_model(tag).path_of(MODEL_FILE))
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
     if promote:
         registry.promote(tag)
-    stored = bentoml.models.get(tag)
-    return {"tag": tag, "model_file": stored.path_of("model.keras")}
+    return {"tag": tag, "model_file": registry.get_model(tag).path_of(MODEL_FILE)}
 
 
 def _reference_probabilities(model: Any, image_size: int) -> Any:
@@ -165,7 +161,7 @@ def register_model(
 def model_file(home: Path, tag: str) -> Path:
     """Where the registered model's Keras file lives in the store at `home`."""
     name, version = tag.split(":")
-    return home / "models" / name / version / "model.keras"
+    return home / "models" / name / version / MODEL_FILE
 
 
 # --- server -------------------------------------------------------------------------------------
@@ -209,6 +205,21 @@ def shared_server(request: Any, tmp_path_factory: Any) -> ServiceServer:
         _SHARED = ServiceServer(home)
         request.config.add_cleanup(_SHARED.stop)
     return _SHARED
+
+
+_BUNDLED: ServiceServer | None = None
+
+
+def bundled_server(request: Any, tmp_path_factory: Any) -> ServiceServer:
+    """A session server over an empty store, so it imports and serves the bundled default model
+    (models/glasses_classifier.bentomodel, trained on real photos), as `make serve` does on a fresh machine."""
+    global _BUNDLED
+    if _BUNDLED is None or _BUNDLED.proc.poll() is not None:
+        home = tmp_path_factory.mktemp("bundled-store") / "bentoml"
+        home.mkdir(parents=True)
+        _BUNDLED = ServiceServer(home)
+        request.config.add_cleanup(_BUNDLED.stop)
+    return _BUNDLED
 
 
 # --- command line (used by register_model's subprocess) -----------------------------------------
