@@ -1,7 +1,8 @@
 """Read side of the model registry, shared by the service and the training CLI.
 
 The registry is a BentoML model store (`$BENTOML_HOME`, default `~/bentoml`): every registered
-model is a `glasses_classifier:<version>` holding `model.keras` plus metadata. Which version is
+model is a `glasses_classifier:<version>` holding `model.keras` (and `model.tflite` when its LiteRT
+conversion passed, see training/convert.py) plus metadata. Which version is
 *promoted* (served by default) is recorded in `$BENTOML_HOME/glasses_registry.json`, beside the
 store, so BentoML's own `bentoml models ...` commands keep working unchanged.
 
@@ -31,6 +32,7 @@ from glasses.config import (
     POSITIVE_CLASS,
 )
 from glasses.files import UserError, write_json_atomic
+from glasses.runtimes import available_runtimes
 
 
 class RegistryError(UserError):
@@ -161,6 +163,8 @@ def model_card(bento_model: Any) -> dict[str, Any]:
         "profile": meta.get("profile"),
         "objective": meta.get("objective"),
         "hyperparameters": meta.get("hyperparameters") or {},
+        "runtimes": available_runtimes(bento_model),  # model files present: "tf" (model.keras), "litert"
+        "litert": meta.get("litert"),  # the conversion check recorded at registration (training/convert.py)
     }
 
 

@@ -24,7 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from glasses.config import CLASS_MAP, IMAGE_SIZE, MODEL_NAME  # noqa: E402
+from glasses.config import CLASS_MAP, IMAGE_SIZE  # noqa: E402
 from loadtests.server import Server, bentoml_command, free_port  # noqa: E402  (free_port re-exported)
 
 BENTOML_BIN = Path(sys.executable).parent / "bentoml"
@@ -63,11 +63,12 @@ def build_model(seed: int = 0, image_size: int = IMAGE_SIZE) -> Any:
 
 def _register_here(seed: int, threshold: float, image_size: int, promote: bool, metrics: dict | None) -> dict:
     """Create a model version in the current process's BentoML store (see `register_model`)."""
-    import bentoml
-
     from glasses import preprocessing, registry
+    from training import convert
+    from training.register import save_to_store
 
     model = build_model(seed, image_size)
+    conversion = convert.convert_checked(model, convert.generated_check_images(image_size))
     metadata = {
         "metrics": metrics if metrics is not None else {"accuracy": 0.5, "roc_auc": 0.5},
         "threshold": float(threshold),
@@ -80,14 +81,14 @@ def _register_here(seed: int, threshold: float, image_size: int, promote: bool, 
         "hyperparameters": {"architecture": "paper-cnn-random", "seed": seed},
         "profile": "test",
         "objective": "val_accuracy",
+        "litert": conversion.metadata(),
     }
-    with bentoml.models.create(MODEL_NAME, labels={"stage": "test"}, metadata=metadata) as ctx:
-        model.save(ctx.path_of("model.keras"))
-    tag = str(ctx.tag)
+    if not conversion.accepted:
+        raise RuntimeError(conversion.reason)
+    tag = save_to_store(model, metadata=metadata, labels={"stage": "test"}, litert=conversion.tflite)
     if promote:
         registry.promote(tag)
-    stored = bentoml.models.get(tag)
-    return {"tag": tag, "model_file": stored.path_of("model.keras")}
+    return {"tag": tag, "model_file": str(model_file(registry.bentoml_home(), tag))}
 
 
 def register_model(
@@ -102,7 +103,8 @@ def register_model(
     """Register a seeded random CNN as `glasses_classifier:<version>` in the store at `home`; its tag.
 
     Runs in a subprocess with BENTOML_HOME=home (~10 s: TensorFlow import). The Keras file is then at
-    `model_file(home, tag)`.
+    `model_file(home, tag)`, its checked LiteRT conversion beside it (training/convert.py), so servers
+    on it run LiteRT unless GLASSES_RUNTIME=tf.
     """
     home.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "register", "--home", str(home), "--seed", str(seed),

@@ -21,6 +21,7 @@ STAGES = (
     "training.tune",
     "training.evaluate",
     "training.register",
+    "training.convert",
     "training.compare",
     "training.run",
     "training.experiments",

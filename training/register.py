@@ -7,6 +7,8 @@
          (serving it takes an explicit `registry promote`)
       -> the report must be the run's own: made from this model.keras (sha256) on the manifest it
          was tuned on (a re-tuned run with an old evaluation.json is refused)
+      -> LiteRT conversion (training/convert.py), checked against Keras on the test photos: model.tflite
+         beside model.keras when max |dp| <= 1e-5, else refused in one line (the version serves on TF)
       -> bentoml.models.create(MODEL_NAME, labels, metadata) as ctx; model.save(ctx.path_of("model.keras"))
          (atomic: BentoML copies into the store only when the block exits cleanly; on an exception
          nothing reaches the store and the temporary directory is removed)
@@ -59,6 +61,8 @@ class RegisterResult:
     promoted: bool
     forced: bool
     gate: GateDecision
+    litert: str = ""  # one line: the LiteRT conversion accepted or refused, and why
+    litert_accepted: bool = False
 
 
 # --- lineage helpers ----------------------------------------------------------------------------
@@ -181,16 +185,21 @@ def build_metadata(summary: dict, report: dict, *, gate: GateDecision, forced: b
     })
 
 
-def save_to_store(model, *, metadata: dict, labels: dict[str, str]) -> str:
-    """Save a keras.Model as a new `glasses_classifier` version; returns its tag. All or nothing."""
+def save_to_store(model, *, metadata: dict, labels: dict[str, str], litert: bytes | None = None) -> str:
+    """Save a keras.Model (and its LiteRT model, if given) as a new `glasses_classifier` version; returns
+    its tag. All or nothing."""
     import bentoml
+
+    from glasses.config import KERAS_MODEL_FILE, LITERT_MODEL_FILE
 
     labels = {str(k): str(v) for k, v in labels.items()}
     tmp_path = None
     try:
         with bentoml.models.create(MODEL_NAME, labels=labels, metadata=metadata) as ctx:
             tmp_path = Path(ctx.path)
-            model.save(ctx.path_of("model.keras"))
+            model.save(ctx.path_of(KERAS_MODEL_FILE))
+            if litert is not None:
+                Path(ctx.path_of(LITERT_MODEL_FILE)).write_bytes(litert)
         return str(ctx.tag)
     finally:
         if tmp_path is not None and tmp_path.exists():  # BentoML leaves its temp dir behind
@@ -206,6 +215,7 @@ def register(run_dir: str | Path, *, force: bool = False, promote: bool = True) 
 
     from glasses import registry
     from glasses.files import file_sha256
+    from training import convert
     from training.evaluate import REPORT_FILE
     from training.tune import read_tune_summary
 
@@ -227,6 +237,9 @@ def register(run_dir: str | Path, *, force: bool = False, promote: bool = True) 
         raise UserError(f"quality gate refused the model: {gate.reason} (use --force to register anyway)")
     model = keras.saving.load_model(run_dir / "model.keras", compile=False)
     metadata = build_metadata(summary, report, gate=gate, forced=force and not gate.passed)
+    photos = convert.test_pixels(report["manifest_path"])
+    conversion = convert.convert_checked(model, convert.check_images(photos, int(report["image_size"])))
+    metadata["litert"] = conversion.metadata()
     labels = {
         "profile": profile["name"],
         "objective": profile["objective"],
@@ -235,12 +248,13 @@ def register(run_dir: str | Path, *, force: bool = False, promote: bool = True) 
         "data": summary["data_fingerprint"][:12],
         "run": run_dir.name,
     }
-    tag = save_to_store(model, metadata=metadata, labels=labels)
+    tag = save_to_store(model, metadata=metadata, labels=labels, litert=conversion.tflite)
     (run_dir / "registered.json").write_text(json.dumps({"tag": tag, "gate": gate.as_dict()}, indent=2))
     forced = force and not gate.passed
     if promote and not forced:
         registry.promote(tag)
-    return RegisterResult(tag=tag, promoted=promote and not forced, forced=forced, gate=gate)
+    return RegisterResult(tag=tag, promoted=promote and not forced, forced=forced, gate=gate,
+                          litert=conversion.reason, litert_accepted=conversion.accepted)
 
 
 # --- registry management ------------------------------------------------------------------------
@@ -344,6 +358,7 @@ def _registry_cli(args) -> int:
 def _register_cli(args) -> int:
     result = register(args.run_dir, force=args.force, promote=not args.no_promote)
     print(f"registered {result.tag} in {_store_dir()} ({result.gate.reason}{'; FORCED' if result.forced else ''})")
+    print(result.litert, file=sys.stdout if result.litert_accepted else sys.stderr)
     print(f"promoted: {'yes' if result.promoted else 'no'}"
           + (f" (forced past the gate: `glasses-train registry promote {result.tag}` to serve it)" if result.forced else ""))
     return 0
