@@ -31,6 +31,7 @@ BUNDLED_MODEL_FILE = REPO_ROOT / "models" / "glasses_classifier.bentomodel"
 
 # --- registry -----------------------------------------------------------------------------------
 MODEL_NAME = "glasses_classifier"
+MODEL_FILE = "model.keras"  # the Keras file inside a stored version and a run directory
 MODEL_ENV_VAR = "GLASSES_MODEL"  # a tag such as glasses_classifier:abc123 overrides the promoted one
 DEFAULT_THRESHOLD = 0.5
 
@@ -40,6 +41,7 @@ KAGGLE_IMAGE_DIR = "faces-spring-2020/faces-spring-2020"
 
 # --- data pipeline ------------------------------------------------------------------------------
 SEED = 1234
+SPLITS: tuple[str, str, str] = ("train", "val", "test")  # split names, in order
 SPLIT_FRACTIONS: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train / val / test
 BATCH_SIZE = 64
 SHUFFLE_BUFFER = 2000
@@ -99,8 +101,7 @@ PAPER_RESULTS: dict[str, dict] = {
 }
 
 # --- model runtimes (training/convert.py converts, glasses/runtimes.py loads) -------------------
-KERAS_MODEL_FILE = "model.keras"  # every version has it (TensorFlow runtime, and the source of truth)
-LITERT_MODEL_FILE = "model.tflite"  # beside it when the LiteRT conversion passed its check
+LITERT_MODEL_FILE = "model.tflite"  # beside MODEL_FILE when the LiteRT conversion passed its check
 RUNTIMES: tuple[str, ...] = ("tf", "litert")
 # Which runtime serves: "auto" = LiteRT when the version has a model.tflite, else TensorFlow.
 SERVE_RUNTIME = os.environ.get("GLASSES_RUNTIME", "auto")
@@ -133,8 +134,19 @@ SERVE_WORKERS = int(os.environ.get("GLASSES_SERVE_WORKERS", "1"))  # processes, 
 SERVE_THREADS = 1  # threads running batches (the dispatcher runs one batch at a time anyway)
 SERVE_DISPATCH = os.environ.get("GLASSES_DISPATCH", "greedy")  # "greedy" | "cork" (BentoML's own rule)
 DECODE_THREADS = 4  # threads decoding uploads (PIL releases the GIL while decoding/resizing)
+# POST /explain (service/explain.py): occlusion patch and stride as fractions of the model's input side,
+# copies scored per classifier call, the longest side of the returned PNG; at most EXPLAIN_CONCURRENCY
+# explanations run at once and EXPLAIN_QUEUE more may wait (beyond that: 429), none longer than
+# EXPLAIN_WAIT_S (then 503), so explanations never pile up in front of /predict's CPU.
+EXPLAIN_PATCH = 1 / 6
+EXPLAIN_STRIDE = 1 / 16
+EXPLAIN_CHUNK = 32
+EXPLAIN_MAX_SIDE = 512
+EXPLAIN_CONCURRENCY = 1
+EXPLAIN_QUEUE = 2
+EXPLAIN_WAIT_S = 10.0
 
-# --- prepare (training/prepare.py) --------------------------------------------------------------
+# --- prepare (training/prepare.py, sources.py, cache.py, split.py) ------------------------------
 CACHE_SUBDIR = "cache"  # WORK_DIR/cache/<kind>-<size>-<fingerprint[:16]>/
 CSV_BLOCKSIZE = "16MB"  # dask.dataframe.read_csv partition size (CSV may exceed memory)
 DECODE_CHUNK = 32  # images per dask task (upper bound; small sources get smaller chunks)

@@ -15,6 +15,7 @@ serving LiteRT never loads them (the container has no TensorFlow at all).
 from __future__ import annotations
 
 import importlib.util
+import threading
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,10 +24,10 @@ import numpy as np
 from glasses import preprocessing
 from glasses.config import (
     IMAGE_SIZE,
-    KERAS_MODEL_FILE,
     LITERT_MAX_BATCH,
     LITERT_MODEL_FILE,
     LITERT_THREADS,
+    MODEL_FILE,
     RUNTIMES,
 )
 from glasses.files import UserError
@@ -88,7 +89,7 @@ class TFClassifier(_WarmUp):
 class LiteRTClassifier(_WarmUp):
     """A .tflite model on one LiteRT interpreter; batches over LITERT_MAX_BATCH run in chunks.
 
-    Not thread-safe: one call at a time (the service's dispatcher runs one batch at a time).
+    The interpreter is not thread-safe: calls (the batch dispatcher's, /explain's) take turns per chunk.
     """
 
     runtime = "litert"
@@ -105,6 +106,7 @@ class LiteRTClassifier(_WarmUp):
         if inp["dtype"] != np.float32:
             raise ValueError(f"LiteRT model input is {inp['dtype']}, expected float32 in [0, 1]")
         self._input, self._output, self._batch = inp["index"], out["index"], 0
+        self._lock = threading.Lock()
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 (N, S, S, 3) -> float32 P(glasses) (N,)."""
@@ -113,6 +115,10 @@ class LiteRTClassifier(_WarmUp):
         return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
+        with self._lock:
+            return self._invoke(x)
+
+    def _invoke(self, x: np.ndarray) -> np.ndarray:
         if len(x) != self._batch:  # resizing to a size seen before costs ~0.1 ms
             self._interpreter.resize_tensor_input(self._input, list(x.shape))
             self._interpreter.allocate_tensors()
@@ -141,7 +147,7 @@ def version_dir(bento_model_or_path: Any) -> Path:
 def available_runtimes(bento_model_or_path: Any) -> list[str]:
     """The runtimes whose model file this version has ("tf": model.keras, "litert": model.tflite)."""
     folder = version_dir(bento_model_or_path)
-    files = {"tf": KERAS_MODEL_FILE, "litert": LITERT_MODEL_FILE}
+    files = {"tf": MODEL_FILE, "litert": LITERT_MODEL_FILE}
     return [r for r in RUNTIMES if (folder / files[r]).is_file()]
 
 
@@ -172,4 +178,4 @@ def load_classifier(bento_model_or_path: Any, runtime: str = "auto", image_size:
     folder = version_dir(bento_model_or_path)
     if chosen == "litert":
         return LiteRTClassifier(folder / LITERT_MODEL_FILE, image_size)
-    return TFClassifier(folder / KERAS_MODEL_FILE, image_size)
+    return TFClassifier(folder / MODEL_FILE, image_size)

@@ -50,11 +50,12 @@ from glasses.config import (
     IMAGE_SIZE,
     LITERT_MODEL_FILE,
     LOADTEST_DIR,
+    MODEL_FILE,
     SEED,
 )
+from glasses.runtimes import available_runtimes
 from loadtests.images import Upload, generate_images, load_images, multipart_body
 from loadtests.run import run_locust
-from glasses.runtimes import available_runtimes
 from loadtests.server import Server, bentoml_command, free_port
 
 KIND_LABELS = {"jpeg": "178x218 JPEG", "png": "1024x1024 PNG"}
@@ -76,17 +77,19 @@ def register_model(home: Path) -> tuple[str, Path, str]:
     else:
         import keras
 
+        from training import convert
         from training.models import PAPER_BEST_HYPERPARAMETERS, build_from_hyperparameters
-        from training.register import save_to_store
 
         keras.utils.set_random_seed(SEED)
         model = build_from_hyperparameters(PAPER_BEST_HYPERPARAMETERS)
+        conversion = convert.convert_checked(model, convert.generated_check_images(IMAGE_SIZE))
         metadata = {"image_size": IMAGE_SIZE, "preprocessing_version": preprocessing.PREPROCESSING_VERSION,
                     "class_map": CLASS_MAP, "threshold": DEFAULT_THRESHOLD,
                     "hyperparameters": PAPER_BEST_HYPERPARAMETERS, "data_source": "none (seeded weights, benchmark)"}
-        tag = save_to_store(model, metadata=metadata, labels={"stage": "benchmark"})
+        tag = registry.save_version(model, metadata=metadata | {"litert": conversion.metadata()},
+                                    labels={"stage": "benchmark"}, litert=conversion.tflite)
         source = f"paper's best CNN ({model.count_params():,} params), seeded weights"
-    return tag, Path(registry.get_model(tag).path_of("model.keras")), source
+    return tag, Path(registry.get_model(tag).path_of(MODEL_FILE)), source
 
 
 class Ceiling:

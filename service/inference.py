@@ -17,12 +17,10 @@ from typing import Any
 import numpy as np
 
 from glasses import preprocessing
-from glasses.config import CLASS_NAMES, KERAS_MODEL_FILE
+from glasses.config import CLASS_NAMES
 from glasses.runtimes import TFClassifier as Classifier  # noqa: F401  (the tf runtime; loader: glasses.runtimes)
 
 logger = logging.getLogger(__name__)
-
-MODEL_FILE = KERAS_MODEL_FILE
 
 
 class UploadError(ValueError):

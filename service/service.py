@@ -3,7 +3,9 @@
     POST /predict        multipart field `image`           -> one verdict
     POST /predict_batch  repeated multipart field `images` -> verdicts in input order (bad items inline)
     GET  /model          the served model's card
-    POST /infer          the batchable inference API: uint8 pixels (N, S, S, 3) -> P(glasses) (N,)
+    POST /infer          the batchable inference API: uint8 pixels (N, S, S, 3) -> P(glasses) (N,) (internal)
+    GET  /  /docs        the try-it page and the API documentation; POST /explain: why a verdict
+                         (service/pages.py, mounted below; off the batching path)
 
 How a request flows, and why (figures and how they were measured: docs/service.md):
   1. `read_uploads` parses the multipart body itself (BentoML's parser answers 500 to several client
@@ -56,6 +58,7 @@ from glasses.config import (
 )
 from glasses.registry import check_servable, model_card, resolve_tag
 from glasses.runtimes import load_classifier
+from service import pages
 from service.batching import BatchInfer, batch_entry
 from service.inference import UploadError, decode_upload, verdict
 from service.limits import install_head_timeout
@@ -171,4 +174,5 @@ def _refuse(ctx: bentoml.Context, exc: UploadError) -> JSONResponse:
 
 
 GlassesService.add_asgi_middleware(BodyLimitMiddleware, max_bytes=MAX_REQUEST_BYTES)  # size, memory, body time
+pages.mount(GlassesService)  # GET / /docs /docs.json /static/*, POST /explain
 install_head_timeout(HEADER_TIMEOUT_S)  # slow or idle clients: uvicorn closes them (service/limits.py)

@@ -22,6 +22,7 @@ STAGES = (
     "training.evaluate",
     "training.register",
     "training.convert",
+    "training.registry_cli",
     "training.compare",
     "training.run",
     "training.experiments",

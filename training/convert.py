@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from glasses import preprocessing
-from glasses.config import LITERT_TOLERANCE
+from glasses.config import LITERT_TOLERANCE, MODEL_FILE
 from glasses.runtimes import LiteRTClassifier
 
 MAX_CHECK_PHOTOS = 512  # test photos used for the check (all of a 420-photo CelebA test split)
@@ -166,7 +166,6 @@ def convert_version(tag: str, manifest: str | Path | None = None) -> tuple[str, 
 
     from glasses import registry
     from glasses.files import UserError, file_sha256
-    from training.register import save_to_store
 
     source = registry.get_model(tag)
     meta = dict(source.info.metadata or {})
@@ -175,7 +174,7 @@ def convert_version(tag: str, manifest: str | Path | None = None) -> tuple[str, 
     check_manifest = manifest or meta.get("split_manifest_path")
     photos = test_pixels(check_manifest)
     size = int(meta.get("image_size", preprocessing.IMAGE_SIZE))
-    model = keras.saving.load_model(source.path_of("model.keras"), compile=False)
+    model = keras.saving.load_model(source.path_of(MODEL_FILE), compile=False)
     conversion = convert_checked(model, check_images(photos, size))
     if not conversion.accepted:
         raise UserError(conversion.reason)
@@ -183,8 +182,8 @@ def convert_version(tag: str, manifest: str | Path | None = None) -> tuple[str, 
     record = conversion.metadata() | {"test_photos": 0 if photos is None else min(len(photos), MAX_CHECK_PHOTOS),
                                       "photos_from": str(check_manifest) if photos is not None else "none",
                                       "photos_are_its_test_split": own}
-    new_tag = save_to_store(model, metadata=meta | {"litert": record, "converted_from": str(source.tag)},
-                            labels=dict(source.info.labels or {}), litert=conversion.tflite)
+    new_tag = registry.save_version(model, metadata=meta | {"litert": record, "converted_from": str(source.tag)},
+                                    labels=dict(source.info.labels or {}), litert=conversion.tflite)
     if registry.promoted_tag() == str(source.tag):
         registry.promote(new_tag)
     return new_tag, conversion
