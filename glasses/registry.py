@@ -107,26 +107,30 @@ def promote(tag: str) -> str:
 
 def import_bundled_model(path: Path = BUNDLED_MODEL_FILE) -> str:
     """Import the bundled default `.bentomodel` into the store and return its tag (the store must not
-    hold that version yet: `resolve_tag` calls this only for an empty store)."""
+    hold that version yet: `resolve` calls this only for an empty store)."""
     if not path.exists():
         raise RegistryError(f"bundled model {path} is missing")
     model = bentoml.models.import_model(str(path))
     return str(model.tag)
 
 
-def resolve_tag(import_default: bool = True) -> str:
-    """The tag to serve: $GLASSES_MODEL, else promoted, else newest, else the bundled default."""
+def resolve(import_default: bool = True) -> tuple[str, str]:
+    """(tag, why) of the version to serve: $GLASSES_MODEL, else promoted, else newest, else bundled."""
     env_tag = os.environ.get(MODEL_ENV_VAR)
     if env_tag:
-        return str(get_model(env_tag).tag)
+        try:
+            return str(get_model(env_tag).tag), f"pinned by ${MODEL_ENV_VAR}"
+        except RegistryError as exc:
+            raise RegistryError(f"${MODEL_ENV_VAR}={env_tag}: {exc}") from None
     tag = promoted_tag()
     if tag:
-        return tag
+        return tag, "promoted in the registry"
     models = list_models()
     if models:
-        return str(models[0].tag)
+        return str(models[0].tag), "newest version in the store (none promoted)"
     if import_default and BUNDLED_MODEL_FILE.exists():
-        return promote(import_bundled_model())
+        tag = promote(import_bundled_model())
+        return tag, f"bundled default {BUNDLED_MODEL_FILE.name} imported into the empty store and promoted"
     raise RegistryError(
         f"no {MODEL_NAME} model in the store at {bentoml_home()}; run `glasses-train run` or "
         f"`glasses-train registry import {BUNDLED_MODEL_FILE}`"

@@ -202,10 +202,8 @@ def register(run_dir: str | Path, *, force: bool = False, promote: bool = True) 
 
     Raises UserError (one line) when the gate refuses and force is False; nothing is registered then.
     """
-    import keras
-
     from glasses import registry
-    from glasses.files import file_sha256
+    from glasses.files import file_sha256, load_keras_model
     from training.evaluate import REPORT_FILE
     from training.tune import read_tune_summary
 
@@ -225,7 +223,7 @@ def register(run_dir: str | Path, *, force: bool = False, promote: bool = True) 
                       floor=float(profile["gate_floor"]))
     if not gate.passed and not force:
         raise UserError(f"quality gate refused the model: {gate.reason} (use --force to register anyway)")
-    model = keras.saving.load_model(run_dir / "model.keras", compile=False)
+    model = load_keras_model(run_dir / "model.keras")
     metadata = build_metadata(summary, report, gate=gate, forced=force and not gate.passed)
     labels = {
         "profile": profile["name"],
@@ -270,8 +268,8 @@ def list_versions() -> list[dict]:
     return [model_summary(m) | {"promoted": str(m.tag) == promoted} for m in registry.list_models()]
 
 
-def export_version(tag: str, path: str | Path) -> Path:
-    """Write one version to a `.bentomodel` archive."""
+def export_version(tag: str, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write one version to a `.bentomodel` archive (an existing file only with overwrite)."""
     import bentoml
 
     from glasses import registry
@@ -282,18 +280,43 @@ def export_version(tag: str, path: str | Path) -> Path:
         raise UserError(f"export file must end in .bentomodel, got {path.name}")
     if not path.parent.exists():
         raise UserError(f"directory {path.parent} does not exist")
+    if path.exists() and not overwrite:
+        raise UserError(f"{path} already exists (--overwrite to replace it)")
     return Path(bentoml.models.export_model(str(model.tag), str(path)))
 
 
-def import_version(path: str | Path) -> str:
-    """Import a `.bentomodel` archive into the store; returns its tag (not promoted)."""
+def archive_tag(path: Path) -> str:
+    """The tag recorded in a `.bentomodel` archive (its model.yaml), read without importing it."""
+    import tarfile
+
+    import yaml
+
+    try:
+        with tarfile.open(path) as archive:
+            [member] = [m for m in archive.getmembers() if m.name.lstrip("./") == "model.yaml"]
+            info = yaml.safe_load(archive.extractfile(member).read())
+        return f"{info['name']}:{info['version']}"
+    except Exception as exc:  # noqa: BLE001 (tarfile/yaml/KeyError for anything that is not an archive)
+        raise UserError(f"cannot import {path}: not a valid .bentomodel archive ({type(exc).__name__})") from None
+
+
+def import_version(path: str | Path) -> tuple[str, bool]:
+    """Import a `.bentomodel` archive into the store (not promoted): (tag, False if already present)."""
     import bentoml
+
+    from glasses import registry
 
     path = Path(path).resolve()
     if not path.is_file():
         raise UserError(f"{path} does not exist")
+    tag = archive_tag(path)
     try:
-        return str(bentoml.models.import_model(str(path)).tag)
+        registry.get_model(tag)
+        return tag, False
+    except registry.RegistryError:
+        pass
+    try:
+        return str(bentoml.models.import_model(str(path)).tag), True
     except bentoml.exceptions.BentoMLException as exc:
         raise UserError(f"cannot import {path}: {str(exc).splitlines()[0]}") from None
     except Exception as exc:  # tarfile/yaml errors for a corrupt archive
@@ -334,10 +357,12 @@ def _registry_cli(args) -> int:
     elif args.action == "promote":
         print(f"promoted {registry.promote(args.tag)}")
     elif args.action == "export":
-        path = export_version(args.tag, args.file)
+        path = export_version(args.tag, args.file, overwrite=args.overwrite)
         print(f"exported {registry.get_model(args.tag).tag} -> {path}")
     elif args.action == "import":
-        print(f"imported {import_version(args.file)} (not promoted; `glasses-train registry promote TAG`)")
+        tag, added = import_version(args.file)
+        print(f"imported {tag} (not promoted; `glasses-train registry promote {tag}`)" if added
+              else f"{tag} is already in the store: nothing imported")
     return 0
 
 
@@ -355,16 +380,31 @@ def _store_dir() -> Path:
     return registry.bentoml_home() / "models" / MODEL_NAME
 
 
+REGISTRY_DESCRIPTION = """\
+Manage the model versions in the BentoML store ($BENTOML_HOME, default ~/bentoml): the registry.
+
+  list              versions with test metrics; * marks the promoted one (served by default)
+  show TAG          labels and metadata of one version
+  promote TAG       serve TAG by default (rollback = promote an older version)
+  export TAG FILE   write a version to a .bentomodel file (refuses to overwrite; --overwrite)
+  import FILE       add a .bentomodel file's version (a version already present is kept, with a note)
+
+BentoML's own `bentoml models list/get/export/import` work on the same store."""
+
+
 def add_cli(subparsers) -> None:
     """`glasses-train register` and `glasses-train registry list|show|promote|export|import`."""
-    p = subparsers.add_parser("register", help="quality gate + save a run's model into the BentoML store")
+    p = subparsers.add_parser(
+        "register", help="quality gate + save a run's model into the BentoML store",
+        description="Check a tuned and evaluated run against the quality gate, save its model as a new "
+                    "version in the BentoML store (the registry) and promote it unless --no-promote or forced.")
     p.add_argument("--run-dir", required=True, type=Path, help="run directory (tune + evaluate done)")
     p.add_argument("--force", action="store_true", help="register even if the quality gate refuses (recorded)")
     p.add_argument("--no-promote", action="store_true", help="register without promoting")
     p.set_defaults(func=_register_cli)
 
     r = subparsers.add_parser("registry", help="list / show / promote / export / import model versions",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=REGISTRY_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = r.add_subparsers(dest="action", required=True)
     ls = sub.add_parser("list", help="versions with key metrics; * = promoted")
     ls.add_argument("--json", action="store_true")
@@ -373,6 +413,7 @@ def add_cli(subparsers) -> None:
     ex = sub.add_parser("export", help="write a version to a .bentomodel file")
     ex.add_argument("tag")
     ex.add_argument("file", type=Path)
+    ex.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
     sub.add_parser("import", help="import a .bentomodel file").add_argument("file", type=Path)
     r.set_defaults(func=_registry_cli)
 
