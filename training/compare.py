@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from glasses.config import WORK_DIR
+from glasses.config import MODEL_FILE, WORK_DIR
 from training.cli import UserError
 
 SHOWN_METRICS = ("roc_auc", "balanced_accuracy", "accuracy", "precision", "recall", "f1", "loss")
@@ -59,7 +59,7 @@ def score_version(tag: str, source: str, *, split: str = "test", work_dir: str |
     if seen:
         raise UserError(f"{stored.tag} was trained or validated on {seen} of these {len(ids)} {split} photos "
                         f"(its split manifest {meta['split_manifest_path']}): its scores here would be inflated")
-    model = load_keras_model(stored.path_of("model.keras"))
+    model = load_keras_model(stored.path_of(MODEL_FILE))
     labels, probs = predict_split(model, manifest_path, split)
     if len(labels) == 0:
         raise UserError(f"the {split} split of {source} is empty")
@@ -84,7 +84,7 @@ def photos_seen_in_training(meta: dict, ids: list[str]) -> int | None:
 def compare(tags: list[str], source: str, *, split: str = "test", work_dir: str | Path = WORK_DIR) -> dict:
     """Score every version on the same photos; the first is the baseline (promoted when one tag)."""
     from glasses import registry
-    from training.prepare import check_source
+    from training.sources import check_source
 
     check_source(source)  # every argument is checked before TensorFlow loads
     tags = [str(registry.get_model(tag).tag) for tag in tags]
