@@ -24,6 +24,7 @@ STAGES = (
     "training.compare",
     "training.run",
     "training.experiments",
+    "training.review",
 )
 
 
