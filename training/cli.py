@@ -29,6 +29,7 @@ STAGES = (
     "training.compare",
     "training.run",
     "training.experiments",
+    "training.review",
 )
 
 
