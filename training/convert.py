@@ -162,10 +162,8 @@ def convert_version(tag: str, manifest: str | Path | None = None) -> tuple[str, 
     which, and whether it is the version's own test split). Refused (UserError, nothing stored) when
     the conversion does not pass its check.
     """
-    import keras
-
     from glasses import registry
-    from glasses.files import UserError, file_sha256
+    from glasses.files import UserError, file_sha256, load_keras_model
 
     source = registry.get_model(tag)
     meta = dict(source.info.metadata or {})
@@ -174,7 +172,7 @@ def convert_version(tag: str, manifest: str | Path | None = None) -> tuple[str, 
     check_manifest = manifest or meta.get("split_manifest_path")
     photos = test_pixels(check_manifest)
     size = int(meta.get("image_size", preprocessing.IMAGE_SIZE))
-    model = keras.saving.load_model(source.path_of(MODEL_FILE), compile=False)
+    model = load_keras_model(source.path_of(MODEL_FILE))
     conversion = convert_checked(model, check_images(photos, size))
     if not conversion.accepted:
         raise UserError(conversion.reason)
