@@ -42,7 +42,6 @@ from pathlib import Path
 
 import numpy as np
 
-<<<<<<< HEAD
 from glasses.config import (
     BUNDLED_MODEL_FILE,
     CLASS_MAP,
@@ -53,13 +52,9 @@ from glasses.config import (
     MODEL_FILE,
     SEED,
 )
-from glasses.runtimes import available_runtimes
-from loadtests.images import Upload, generate_images, load_images, multipart_body
-=======
-from glasses.config import BUNDLED_MODEL_FILE, CLASS_MAP, DEFAULT_THRESHOLD, IMAGE_SIZE, LOADTEST_DIR, MODEL_FILE, SEED
 from glasses.machine import describe
+from glasses.runtimes import available_runtimes
 from loadtests.images import Upload, check_uploads, generate_images, load_images, multipart_body
->>>>>>> main
 from loadtests.run import run_locust
 from loadtests.server import Server, bentoml_command, free_port
 
@@ -193,14 +188,6 @@ def measure_http(server: Server, images: Path, uploads: list[Upload], out: Path,
             "batch1": before, "batch1_after_load": after}
 
 
-<<<<<<< HEAD
-def machine() -> dict:
-    """What the figures were measured on."""
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(), "host": platform.node()}
-
-
 def http_targets(home: str, tag: str, model_file: Path, service_env: dict) -> dict:
     """name -> (command(port), extra environment) of each server compared, in the order they run."""
     store = {"BENTOML_HOME": home, "GLASSES_MODEL": tag}
@@ -231,8 +218,6 @@ def ratios(res: dict) -> dict:
     return out
 
 
-=======
->>>>>>> main
 def run_benchmark(args: argparse.Namespace) -> dict:
     report: dict = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": describe(),
                     "loadavg_before": os.getloadavg(), "users": args.users, "seconds": args.seconds,
@@ -244,14 +229,9 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         tag, model_file, source = register_model(Path(home))
         report["model"] = {"tag": tag, "source": source}
         uploads = {kind: load_images(folder) for kind, folder in kinds.items()}
-<<<<<<< HEAD
-        runtimes = available_runtimes(model_file.parent)
-        pipelines = [Ceiling(model_file.parent, runtime) for runtime in runtimes]
-=======
         for batch in uploads.values():
             check_uploads(batch)
-        ceiling = Ceiling(model_file)
->>>>>>> main
+        pipelines = [Ceiling(model_file.parent, runtime) for runtime in available_runtimes(model_file.parent)]
         ceilings: dict[str, list[dict]] = {kind: [] for kind in kinds}
 
         def measure_ceilings() -> None:  # run before and after the HTTP targets; the better run counts

@@ -34,12 +34,8 @@ How a request flows, and why (figures and how they were measured: docs/service.m
 
 from __future__ import annotations
 
-<<<<<<< HEAD
-=======
 import logging
 import sys
-from pathlib import Path
->>>>>>> main
 from typing import Any
 
 import anyio
@@ -62,12 +58,8 @@ from glasses.config import (
     SERVE_THREADS,
     SERVE_WORKERS,
 )
-<<<<<<< HEAD
-from glasses.registry import check_servable, model_card, resolve_tag
-from glasses.runtimes import load_classifier
-=======
 from glasses.registry import RegistryError, check_servable, model_card, resolve
->>>>>>> main
+from glasses.runtimes import load_classifier
 from service import pages
 from service.batching import BatchInfer, batch_entry
 from service.inference import UploadError, decode_upload, verdict
