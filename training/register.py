@@ -28,6 +28,7 @@ from pathlib import Path
 from glasses.config import CLASS_MAP, CLASS_NAMES, POSITIVE_CLASS, REPO_ROOT
 from glasses.preprocessing import PREPROCESSING_VERSION
 from training.cli import UserError
+from training.exclusions import manifest_exclusions
 
 
 @dataclass
@@ -162,6 +163,7 @@ def build_metadata(summary: dict, report: dict, *, gate: GateDecision, forced: b
         "data_fingerprint": summary["data_fingerprint"],
         "split_manifest_hash": report["manifest_hash"],
         "split_manifest_path": report["manifest_path"],
+        "data_exclusions": manifest_exclusions(report["manifest_path"]),  # exclusion files: path, sha256, removed
         "image_size": report["image_size"],
         "preprocessing_version": PREPROCESSING_VERSION,
         "class_map": dict(CLASS_MAP),
