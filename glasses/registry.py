@@ -1,15 +1,14 @@
 """The model registry: every read and write of the model store goes through this module.
 
 The registry is a BentoML model store (`$BENTOML_HOME`, default `~/bentoml`): every registered
-model is a `glasses_classifier:<version>` holding `model.keras` plus metadata. Aliases name versions
-(`production` = what `promote` sets and every worker serves; `candidate` = served beside it, as a
-canary share or a shadow; any other name = a bookmark); they live in `glasses_registry.json` beside
-the store (or in $GLASSES_REGISTRY_DIR), every move appended to an audit history, so BentoML's own
-`bentoml models ...` commands keep working unchanged.
+model is a `glasses_classifier:<version>` holding `model.keras` (and `model.tflite` when its LiteRT
+conversion passed, see training/convert.py) plus metadata. Aliases (`production`: every worker serves
+it; `candidate`: beside it as a canary or a shadow; any other name: a bookmark) and their audit history
+live beside the store, so BentoML's own `bentoml models ...` commands keep working unchanged.
 
     store:    save_version, import_version, export_version, list_models, list_versions, get_model
     aliases:  set_alias, promote, rollback, read_aliases, read_history, promoted_tag,
-              resolve_tag (GLASSES_MODEL > production > newest > bundled)
+              resolve (GLASSES_MODEL > production > newest > bundled)
     versions: model_card (what GET /model shows), check_servable (can this code score it?)
 """
 
@@ -23,11 +22,13 @@ import os
 import re
 import shutil
 import socket
+import tarfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
 import bentoml
+import yaml
 
 from glasses import preprocessing
 from glasses.config import (
@@ -35,6 +36,7 @@ from glasses.config import (
     CLASS_MAP,
     DEFAULT_THRESHOLD,
     IMAGE_SIZE,
+    LITERT_MODEL_FILE,
     MODEL_ENV_VAR,
     MODEL_FILE,
     MODEL_NAME,
@@ -43,12 +45,10 @@ from glasses.config import (
     REGISTRY_DIR_ENV_VAR,
 )
 from glasses.files import UserError, write_json_atomic
+from glasses.runtimes import available_runtimes
 
+KEY_METRICS = ("accuracy", "balanced_accuracy", "roc_auc", "f1", "loss")  # shown by `list_versions`
 ALIAS_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,31}")
-
-
-# Key metrics `list_versions` shows for every version.
-KEY_METRICS = ("accuracy", "balanced_accuracy", "roc_auc", "f1", "loss")
 POINTER_FILE = "glasses_registry.json"  # the aliases
 HISTORY_FILE = "glasses_registry_history.jsonl"  # every alias move, appended
 
@@ -69,28 +69,46 @@ def store_dir() -> Path:
 
 
 # --- the store ----------------------------------------------------------------------------------
-def save_version(model: Any, *, metadata: dict[str, Any], labels: dict[str, Any]) -> str:
-    """Save a keras.Model as a new `glasses_classifier` version; returns its tag. All or nothing:
-    BentoML copies into the store only when the block exits cleanly."""
+def save_version(model: Any, *, metadata: dict[str, Any], labels: dict[str, Any], litert: bytes | None = None) -> str:
+    """Save a keras.Model (and its checked LiteRT model, if given) as a new `glasses_classifier` version;
+    returns its tag. All or nothing: BentoML copies into the store only when the block exits cleanly."""
     labels = {str(k): str(v) for k, v in labels.items()}
     tmp_path = None
     try:
         with bentoml.models.create(MODEL_NAME, labels=labels, metadata=metadata) as ctx:
             tmp_path = Path(ctx.path)
             model.save(ctx.path_of(MODEL_FILE))
+            if litert is not None:
+                Path(ctx.path_of(LITERT_MODEL_FILE)).write_bytes(litert)
         return str(ctx.tag)
     finally:
         if tmp_path is not None and tmp_path.exists():  # BentoML leaves its temp dir behind
             shutil.rmtree(tmp_path, ignore_errors=True)
 
 
-def import_version(path: str | Path) -> str:
-    """Import a `.bentomodel` archive into the store; returns its tag (not promoted)."""
+def archive_tag(path: Path) -> str:
+    """The tag recorded in a `.bentomodel` archive (its model.yaml), read without importing it."""
+    try:
+        with tarfile.open(path) as archive:
+            [member] = [m for m in archive.getmembers() if m.name.lstrip("./") == "model.yaml"]
+            info = yaml.safe_load(archive.extractfile(member).read())
+        return f"{info['name']}:{info['version']}"
+    except Exception as exc:  # noqa: BLE001 (tarfile/yaml/KeyError for anything that is not an archive)
+        raise RegistryError(f"cannot import {path}: not a valid .bentomodel archive ({type(exc).__name__})") from None
+
+
+def import_version(path: str | Path) -> tuple[str, bool]:
+    """Import a `.bentomodel` archive into the store (not promoted): (tag, False if already present)."""
     path = Path(path).resolve()
     if not path.is_file():
         raise RegistryError(f"{path} does not exist")
+    tag = archive_tag(path)
     try:
-        return str(bentoml.models.import_model(str(path)).tag)
+        return str(get_model(tag).tag), False
+    except RegistryError:
+        pass
+    try:
+        return str(bentoml.models.import_model(str(path)).tag), True
     except bentoml.exceptions.BentoMLException as exc:
         raise RegistryError(f"cannot import {path}: {str(exc).splitlines()[0]}") from None
     except Exception as exc:  # tarfile/yaml errors for a corrupt archive
@@ -99,20 +117,22 @@ def import_version(path: str | Path) -> str:
 
 def import_bundled_model(path: Path = BUNDLED_MODEL_FILE) -> str:
     """Import the bundled default `.bentomodel` into the store and return its tag (the store must not
-    hold that version yet: `resolve_tag` calls this only for an empty store)."""
+    hold that version yet: `resolve` calls this only for an empty store)."""
     if not path.exists():
         raise RegistryError(f"bundled model {path} is missing")
-    return import_version(path)
+    return import_version(path)[0]
 
 
-def export_version(tag: str, path: str | Path) -> Path:
-    """Write one version to a `.bentomodel` archive."""
+def export_version(tag: str, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write one version to a `.bentomodel` archive (an existing file only with overwrite)."""
     model = get_model(tag)
     path = Path(path).resolve()  # bentoml resolves relative paths against "/", not the cwd
     if path.suffix != ".bentomodel":
         raise RegistryError(f"export file must end in .bentomodel, got {path.name}")
     if not path.parent.exists():
         raise RegistryError(f"directory {path.parent} does not exist")
+    if path.exists() and not overwrite:
+        raise RegistryError(f"{path} already exists (--overwrite to replace it)")
     return Path(bentoml.models.export_model(str(model.tag), str(path)))
 
 
@@ -157,11 +177,9 @@ def version_summary(model: bentoml.Model) -> dict[str, Any]:
 def list_versions() -> list[dict[str, Any]]:
     """Every stored version, newest first, with `promoted` (= production) and its aliases marked."""
     aliases = read_aliases()
-    rows = []
-    for m in list_models():
-        names = sorted(n for n, e in aliases.items() if e["tag"] == str(m.tag))
-        rows.append(version_summary(m) | {"promoted": PRODUCTION in names, "aliases": names})
-    return rows
+    rows = [version_summary(m) | {"aliases": sorted(n for n, e in aliases.items() if e["tag"] == str(m.tag))}
+            for m in list_models()]
+    return [r | {"promoted": PRODUCTION in r["aliases"]} for r in rows]
 
 
 def describe(tag: str) -> dict[str, Any]:
@@ -177,8 +195,7 @@ def describe(tag: str) -> dict[str, Any]:
 # readers (every worker, each second) see the old or the new state and need no lock (the store may be
 # mounted read-only). HISTORY_FILE gets one JSON line per move, appended. Writers hold an exclusive flock.
 def registry_dir() -> Path:
-    """Where the alias file and history live: $GLASSES_REGISTRY_DIR, else beside the store (BENTOML_HOME).
-    (Replicas whose BENTOML_HOME must be writable mount the shared store read-only and point here.)"""
+    """Where the alias file and history live: $GLASSES_REGISTRY_DIR (a read-only shared store), else BENTOML_HOME."""
     return Path(os.environ.get(REGISTRY_DIR_ENV_VAR) or bentoml_home()).expanduser()
 
 
@@ -191,12 +208,9 @@ def _locked() -> Iterator[None]:
     """Exclusive lock for one registry write (blocks while another CLI call writes)."""
     home = registry_dir()
     home.mkdir(parents=True, exist_ok=True)
-    with open(home / "glasses_registry.lock", "a") as fh:
+    with open(home / "glasses_registry.lock", "a") as fh:  # closing the file releases the lock
         fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+        yield
 
 
 def read_aliases() -> dict[str, dict[str, Any]]:
@@ -219,24 +233,13 @@ def read_aliases() -> dict[str, dict[str, Any]]:
     return aliases
 
 
-def alias_target(name: str) -> str | None:
-    """The tag alias `name` points to (None when unset)."""
-    entry = read_aliases().get(name)
-    return entry["tag"] if entry else None
-
-
 def read_history() -> list[dict[str, Any]]:
     """Every recorded alias move, oldest first."""
     path = _pointer_file(HISTORY_FILE)
-    if not path.exists():
-        return []
-    entries = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        try:
-            entries.append(json.loads(line))
-        except ValueError:
-            raise RegistryError(f"line {n} of the registry history {path} is not JSON (a hand edit?)") from None
-    return entries
+    try:
+        return [json.loads(line) for line in (path.read_text().splitlines() if path.exists() else [])]
+    except ValueError:
+        raise RegistryError(f"the registry history {path} has a line that is not JSON (a hand edit?)") from None
 
 
 def set_alias(name: str, tag: str | None, *, traffic: float = 0.0, shadow: bool = False,
@@ -247,8 +250,7 @@ def set_alias(name: str, tag: str | None, *, traffic: float = 0.0, shadow: bool 
     if not 0.0 <= traffic <= 1.0:
         raise RegistryError(f"--traffic must be a share between 0 and 1, got {traffic}")
     if name == PRODUCTION and (traffic or shadow):
-        raise RegistryError("production answers all traffic the candidate does not take: give --traffic/--shadow "
-                            "to the candidate alias")
+        raise RegistryError("production answers what the candidate does not: give --traffic/--shadow to the candidate")
     if traffic and shadow:
         raise RegistryError("an alias either answers a share of the traffic (--traffic) or shadows it (--shadow)")
     full = str(get_model(tag).tag) if tag is not None else None
@@ -276,12 +278,10 @@ def set_alias(name: str, tag: str | None, *, traffic: float = 0.0, shadow: bool 
 
 
 def _who() -> str:
-    """user@host for the audit history."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):  # a container user without a passwd entry
-        user = f"uid{os.getuid()}"
-    return f"{user}@{socket.gethostname()}"
+    """user@host for the audit history (uidN@host for a container user without a passwd entry)."""
+    with contextlib.suppress(KeyError, OSError):
+        return f"{getpass.getuser()}@{socket.gethostname()}"
+    return f"uid{os.getuid()}@{socket.gethostname()}"
 
 
 def promote(tag: str, note: str | None = None) -> str:
@@ -289,8 +289,8 @@ def promote(tag: str, note: str | None = None) -> str:
     return set_alias(PRODUCTION, tag, note=note, action="promote")["to"]
 
 
-def rollback_target() -> str:
-    """Where `rollback` takes production: before the latest move not yet undone (rollbacks stack)."""
+def rollback(note: str | None = None) -> dict[str, Any]:
+    """Production back to where it was before its latest move not yet undone (rollbacks stack)."""
     undone = 0
     for entry in reversed([e for e in read_history() if e.get("alias") == PRODUCTION]):
         if entry.get("action") == "rollback":
@@ -298,39 +298,38 @@ def rollback_target() -> str:
         elif undone:
             undone -= 1
         elif entry.get("from"):
-            return entry["from"]
+            return set_alias(PRODUCTION, entry["from"], note=note, action="rollback")
         else:
             break
     raise RegistryError("nothing to roll back to: production has no earlier target in the history")
 
 
-def rollback(note: str | None = None) -> dict[str, Any]:
-    """Point production back at its previous target; returns the history entry."""
-    return set_alias(PRODUCTION, rollback_target(), note=note, action="rollback")
-
-
 def promoted_tag() -> str | None:
     """The production tag, if one is set and still present in the store."""
-    tag = alias_target(PRODUCTION)
+    tag = read_aliases().get(PRODUCTION, {}).get("tag")
     try:
         return str(bentoml.models.get(tag).tag) if tag else None
     except bentoml.exceptions.NotFound:
         return None
 
 
-def resolve_tag(import_default: bool = True) -> str:
-    """The tag to serve: $GLASSES_MODEL, else promoted, else newest, else the bundled default."""
+def resolve(import_default: bool = True) -> tuple[str, str]:
+    """(tag, why) of the version to serve: $GLASSES_MODEL, else production, else newest, else bundled."""
     env_tag = os.environ.get(MODEL_ENV_VAR)
     if env_tag:
-        return str(get_model(env_tag).tag)
+        try:
+            return str(get_model(env_tag).tag), f"pinned by ${MODEL_ENV_VAR}"
+        except RegistryError as exc:
+            raise RegistryError(f"${MODEL_ENV_VAR}={env_tag}: {exc}") from None
     tag = promoted_tag()
     if tag:
-        return tag
+        return tag, "production in the registry"
     models = list_models()
     if models:
-        return str(models[0].tag)
+        return str(models[0].tag), "newest version in the store (none promoted)"
     if import_default and BUNDLED_MODEL_FILE.exists():
-        return promote(import_bundled_model())
+        tag = promote(import_bundled_model())
+        return tag, f"bundled default {BUNDLED_MODEL_FILE.name} imported into the empty store and promoted"
     raise RegistryError(
         f"no {MODEL_NAME} model in the store at {bentoml_home()}; run `glasses-train run` or "
         f"`glasses-train registry import {BUNDLED_MODEL_FILE}`"
@@ -365,6 +364,8 @@ def model_card(bento_model: Any) -> dict[str, Any]:
         "profile": meta.get("profile"),
         "objective": meta.get("objective"),
         "hyperparameters": meta.get("hyperparameters") or {},
+        "runtimes": available_runtimes(bento_model),  # model files present: "tf" (model.keras), "litert"
+        "litert": meta.get("litert"),  # the conversion check recorded at registration (training/convert.py)
     }
 
 

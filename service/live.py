@@ -24,7 +24,6 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 import numpy as np
@@ -34,7 +33,6 @@ from glasses.config import (
     CANDIDATE_ALIAS,
     DRIFT_MIN_VERDICTS,
     DRIFT_WINDOW,
-    MODEL_FILE,
     MODEL_HEADER,
     PARITY_TOLERANCE,
     PRODUCTION_ALIAS,
@@ -42,11 +40,12 @@ from glasses.config import (
     SERVE_DISPATCH,
     SERVE_MAX_BATCH_SIZE,
     SERVE_MAX_LATENCY_MS,
+    SERVE_RUNTIME,
     SERVED_ALIASES,
     SHADOW_MAX_PENDING,
 )
 from service.batching import ModelBatching
-from service.inference import Classifier
+from glasses.runtimes import load_classifier
 from service.metrics import ServiceMetrics
 
 logger = logging.getLogger("bentoml.glasses")
@@ -85,6 +84,10 @@ class Version:
     def image_size(self) -> int:
         return self.card["preprocessing"]["image_size"]
 
+    @property
+    def runtime(self) -> str:
+        return self.card["runtime"]
+
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -103,7 +106,8 @@ def load_version(tag: str) -> Version:
         card = registry.model_card(stored)
         registry.check_servable(card)
         size = card["preprocessing"]["image_size"]
-        classifier = Classifier(Path(stored.path_of(MODEL_FILE)), size)
+        classifier = load_classifier(stored, SERVE_RUNTIME, size)  # tf | litert, as the version allows
+        card["runtime"] = classifier.runtime
         classifier.warm_up(WARM_UP_SIZES)
         meta = stored.info.metadata or {}
         parity = None
@@ -145,7 +149,7 @@ class LiveModels:
         if self.pin:
             wanted[PRODUCTION_ALIAS] = {"tag": str(registry.get_model(self.pin).tag), "traffic": 0.0, "shadow": False}
         elif PRODUCTION_ALIAS not in wanted:  # nothing promoted yet: newest, else the bundled default
-            wanted[PRODUCTION_ALIAS] = {"tag": registry.resolve_tag(), "traffic": 0.0, "shadow": False}
+            wanted[PRODUCTION_ALIAS] = {"tag": registry.resolve()[0], "traffic": 0.0, "shadow": False}
         return wanted
 
     def _start(self) -> Snapshot:
@@ -310,7 +314,7 @@ class LiveModels:
     def describe(self) -> dict[str, Any]:
         """Production's card, plus every alias, what this worker has loaded, refusals and shadow counts."""
         snap = self.snapshot
-        served = {alias: {**snap.modes[alias], "tag": v.tag, "load_s": round(v.load_s, 3),
+        served = {alias: {**snap.modes[alias], "tag": v.tag, "runtime": v.runtime, "load_s": round(v.load_s, 3),
                           "parity_max_abs": v.parity, "psi": v.psi, "verdicts_seen": len(v.recent)}
                   for alias, v in snap.versions.items()}
         shadow = {f"{cand} vs {prod}": {**c, "compared": c["agree"] + c["disagree"],

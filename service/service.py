@@ -39,9 +39,10 @@ How a request flows, and why (figures and how they were measured: docs/service.m
 
 from __future__ import annotations
 
-from typing import Any
-
+import logging
 import os
+import sys
+from typing import Any
 
 import anyio
 import bentoml
@@ -53,6 +54,7 @@ from starlette.routing import Route
 
 from glasses.config import (
     DECODE_THREADS,
+    HEADER_TIMEOUT_S,
     MAX_BATCH_IMAGES,
     MAX_REQUEST_BYTES,
     MODEL_ENV_VAR,
@@ -62,9 +64,10 @@ from glasses.config import (
     SERVE_THREADS,
     SERVE_WORKERS,
 )
-from glasses.registry import model_card, resolve_tag
+from glasses.registry import RegistryError, model_card, resolve
 from service import pages
 from service.inference import UploadError, decode_upload, verdict
+from service.limits import install_head_timeout
 from service.live import LiveModels, UnknownModel, Version
 from service.uploads import (
     BodyLimitMiddleware,
@@ -76,9 +79,17 @@ from service.uploads import (
     read_uploads,
 )
 
+log = logging.getLogger("bentoml.glasses")  # under BentoML's logger: its format and handlers
+
 # Resolved once at import, so `bentoml build` records exactly this model: GLASSES_MODEL > production >
-# newest > the bundled default (imported into an empty store). Workers then follow the registry.
-MODEL_TAG = resolve_tag()
+# newest > the bundled default (imported into an empty store). A wrong choice stops here, in one line.
+# Workers then follow the registry (service/live.py).
+try:
+    MODEL_TAG, MODEL_REASON = resolve()
+except RegistryError as exc:
+    sys.exit(f"glasses service: cannot start: {exc}")
+if MODEL_REASON.startswith("bundled"):  # said once, by the process that did it
+    print(f"glasses service: {MODEL_TAG}: {MODEL_REASON}", file=sys.stderr, flush=True)
 IMAGE_SIZE = int(model_card(bentoml.models.get(MODEL_TAG))["preprocessing"]["image_size"])
 Pixels = pixels_type(IMAGE_SIZE)
 
@@ -105,6 +116,10 @@ class GlassesService:
         self.live = LiveModels(pin=os.environ.get(MODEL_ENV_VAR))  # loads, checks and warms up production
         self._decode_limiter: anyio.CapacityLimiter | None = None
         self._ready = True  # only reached once the model is loaded and warmed up
+        production = self.live.production()
+        log.info("serving %s (%s), runtime %s, image size %d, threshold %.3f", production.tag,
+                 "pinned by $GLASSES_MODEL" if self.live.pin else "production in the registry, followed live",
+                 production.runtime, production.image_size, production.threshold)
 
     def __is_ready__(self) -> bool:
         return self._ready
@@ -188,5 +203,6 @@ def _refuse(ctx: bentoml.Context, exc: UploadError) -> JSONResponse:
     return JSONResponse(error_body(str(exc), exc.status), status_code=exc.status)
 
 
-GlassesService.add_asgi_middleware(BodyLimitMiddleware, max_bytes=MAX_REQUEST_BYTES)
+GlassesService.add_asgi_middleware(BodyLimitMiddleware, max_bytes=MAX_REQUEST_BYTES)  # size, memory, body time
 pages.mount(GlassesService)  # GET / /docs /docs.json /static/*, POST /explain
+install_head_timeout(HEADER_TIMEOUT_S)  # slow or idle clients: uvicorn closes them (service/limits.py)

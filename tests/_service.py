@@ -24,7 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from glasses.config import CLASS_MAP, IMAGE_SIZE, MODEL_FILE  # noqa: E402
+from glasses.config import CLASS_MAP, IMAGE_SIZE, LITERT_MODEL_FILE, MODEL_FILE  # noqa: E402
 from loadtests.server import Server, bentoml_command, free_port  # noqa: E402  (free_port re-exported)
 
 BENTOML_BIN = Path(sys.executable).parent / "bentoml"
@@ -74,8 +74,10 @@ def _register_here(seed: int, threshold: float, image_size: int, promote: bool, 
     import numpy as np
 
     from glasses import monitoring, preprocessing, registry
+    from training import convert
 
     model = build_model(seed, image_size)
+    conversion = convert.convert_checked(model, convert.generated_check_images(image_size))
     probe = np.asarray(model(monitoring.probe_pixels(image_size).astype("float32") / 255.0)).reshape(-1)
     if variant == "mismatched":
         probe = np.asarray(build_model(seed + 1000, image_size)(
@@ -95,13 +97,18 @@ def _register_here(seed: int, threshold: float, image_size: int, promote: bool, 
         "parity_probe": [float(p) for p in probe],
         "reference_distribution": {"counts": monitoring.reference_histogram(_reference_probabilities(model, image_size)),
                                    "split": "test", "photos": 48},
+        "litert": conversion.metadata(),
     }
+    if not conversion.accepted:
+        raise RuntimeError(conversion.reason)
     if variant == "old-preprocessing":
         metadata["preprocessing_version"] = "an-older-contract"
-    tag = registry.save_version(model, metadata=metadata, labels={"stage": "test", "variant": variant})
-    if variant == "corrupt":
-        path = Path(registry.get_model(tag).path_of(MODEL_FILE))
-        path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    tag = registry.save_version(model, metadata=metadata, labels={"stage": "test", "variant": variant},
+                                litert=conversion.tflite)
+    if variant == "corrupt":  # both runtimes' files, whichever the service loads
+        for name in (MODEL_FILE, LITERT_MODEL_FILE):
+            path = Path(registry.get_model(tag).path_of(name))
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
     if promote:
         registry.promote(tag)
     return {"tag": tag, "model_file": registry.get_model(tag).path_of(MODEL_FILE)}
@@ -143,7 +150,8 @@ def register_model(
     """Register a seeded random CNN as `glasses_classifier:<version>` in the store at `home`; its tag.
 
     Runs in a subprocess with BENTOML_HOME=home (~10 s: TensorFlow import). The Keras file is then at
-    `model_file(home, tag)`.
+    `model_file(home, tag)`, its checked LiteRT conversion beside it (training/convert.py), so servers
+    on it run LiteRT unless GLASSES_RUNTIME=tf.
     """
     home.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "register", "--home", str(home), "--seed", str(seed),

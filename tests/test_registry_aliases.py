@@ -40,7 +40,7 @@ def test_promote_sets_production_and_rollback_walks_back(store):
     assert registry.promote(a) == a and registry.promoted_tag() == a
     registry.promote(b, note="better AUC")
     registry.promote(c)
-    assert registry.alias_target("production") == c
+    assert registry.promoted_tag() == c
     assert registry.rollback(note="c misbehaves")["to"] == b
     assert registry.rollback()["to"] == a  # rollbacks stack: each one undoes one more move
     with pytest.raises(registry.RegistryError, match="nothing to roll back to"):
@@ -87,7 +87,7 @@ def test_cli_alias_history_rollback_and_list(store, capsys):
     assert f"candidate    {b}  traffic 0.1" in out and f"production   {a}" in out
     assert main(["registry", "promote", b]) == 0
     assert main(["registry", "rollback", "--note", "oops"]) == 0
-    assert registry.alias_target("production") == a
+    assert registry.promoted_tag() == a
     capsys.readouterr()
     assert main(["registry", "history"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()

@@ -7,6 +7,8 @@
          (serving it takes an explicit `registry promote`)
       -> the report must be the run's own: made from this model.keras (sha256) on the manifest it
          was tuned on (a re-tuned run with an old evaluation.json is refused)
+      -> LiteRT conversion (training/convert.py), checked against Keras on the test photos: model.tflite
+         beside model.keras when max |dp| <= 1e-5, else refused in one line (the version serves on TF)
       -> glasses.registry.save_version (all or nothing) with lineage metadata and labels
       -> promote (the production alias) unless told not to, and only if it is not below production
          on the same photos: when production was tested on another manifest, both are re-scored on
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import platform
 import subprocess
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,6 +30,7 @@ from pathlib import Path
 from glasses.config import CLASS_MAP, CLASS_NAMES, POSITIVE_CLASS, REPO_ROOT
 from glasses.preprocessing import PREPROCESSING_VERSION
 from training.cli import UserError
+from training.exclusions import manifest_exclusions
 
 
 @dataclass
@@ -54,6 +58,8 @@ class RegisterResult:
     forced: bool
     gate: GateDecision
     why: str = ""  # why it was (not) promoted, in one line
+    litert: str = ""  # one line: the LiteRT conversion accepted or refused, and why
+    litert_accepted: bool = False
 
 
 # --- lineage helpers ----------------------------------------------------------------------------
@@ -161,6 +167,7 @@ def build_metadata(summary: dict, report: dict, *, gate: GateDecision, forced: b
         "data_fingerprint": summary["data_fingerprint"],
         "split_manifest_hash": report["manifest_hash"],
         "split_manifest_path": report["manifest_path"],
+        "data_exclusions": manifest_exclusions(report["manifest_path"]),  # exclusion files: path, sha256, removed
         "image_size": report["image_size"],
         "reference_distribution": report.get("reference_distribution"),  # the service's drift baseline
         "parity_probe": probe,  # the service refuses a version that does not reproduce it
@@ -184,11 +191,10 @@ def register(run_dir: str | Path, *, force: bool = False, promote: bool = True) 
 
     Raises UserError (one line) when the gate refuses and force is False; nothing is registered then.
     """
-    import keras
-
     from glasses import registry
-    from glasses.files import file_sha256
+    from glasses.files import file_sha256, load_keras_model
     from glasses.monitoring import record_probe
+    from training import convert
     from training.evaluate import REPORT_FILE
     from training.tune import read_tune_summary
 
@@ -208,9 +214,12 @@ def register(run_dir: str | Path, *, force: bool = False, promote: bool = True) 
                       floor=float(profile["gate_floor"]))
     if not gate.passed and not force:
         raise UserError(f"quality gate refused the model: {gate.reason} (use --force to register anyway)")
-    model = keras.saving.load_model(run_dir / "model.keras", compile=False)
+    model = load_keras_model(run_dir / "model.keras")
     metadata = build_metadata(summary, report, gate=gate, forced=force and not gate.passed,
                               probe=record_probe(model, int(report["image_size"])))
+    photos = convert.test_pixels(report["manifest_path"])
+    conversion = convert.convert_checked(model, convert.check_images(photos, int(report["image_size"])))
+    metadata["litert"] = conversion.metadata()
     labels = {
         "profile": profile["name"],
         "objective": profile["objective"],
@@ -219,7 +228,7 @@ def register(run_dir: str | Path, *, force: bool = False, promote: bool = True) 
         "data": summary["data_fingerprint"][:12],
         "run": run_dir.name,
     }
-    tag = registry.save_version(model, metadata=metadata, labels=labels)
+    tag = registry.save_version(model, metadata=metadata, labels=labels, litert=conversion.tflite)
     (run_dir / "registered.json").write_text(json.dumps({"tag": tag, "gate": gate.as_dict()}, indent=2))
     forced = force and not gate.passed
     promoted, why = False, "forced past the gate" if forced else "--no-promote"
@@ -230,7 +239,8 @@ def register(run_dir: str | Path, *, force: bool = False, promote: bool = True) 
                                            Path(summary["manifest_path"]).parents[2])
     if promoted:
         registry.promote(tag, note=f"register --run-dir {run_dir.name}: {why}")
-    return RegisterResult(tag=tag, promoted=promoted, forced=forced, gate=gate, why=why)
+    return RegisterResult(tag=tag, promoted=promoted, forced=forced, gate=gate, why=why,
+                          litert=conversion.reason, litert_accepted=conversion.accepted)
 
 
 # --- CLI ----------------------------------------------------------------------------------------
@@ -241,6 +251,7 @@ def _register_cli(args) -> int:
 
     result = register(args.run_dir, force=args.force, promote=not args.no_promote)
     print(f"registered {result.tag} in {registry.store_dir()} ({result.gate.reason}{'; FORCED' if result.forced else ''})")
+    print(result.litert, file=sys.stdout if result.litert_accepted else sys.stderr)
     print(f"promoted: {'yes' if result.promoted else 'no'} ({result.why})"
           + (f"; `glasses-train registry promote {result.tag}` to serve it" if not result.promoted else ""))
     return 0
@@ -248,7 +259,10 @@ def _register_cli(args) -> int:
 
 def add_cli(subparsers) -> None:
     """`glasses-train register --run-dir D [--force] [--no-promote]`."""
-    p = subparsers.add_parser("register", help="quality gate + save a run's model into the BentoML store")
+    p = subparsers.add_parser(
+        "register", help="quality gate + save a run's model into the BentoML store",
+        description="Check a tuned and evaluated run against the quality gate, save its model as a new "
+                    "version in the BentoML store (the registry) and promote it unless --no-promote or forced.")
     p.add_argument("--run-dir", required=True, type=Path, help="run directory (tune + evaluate done)")
     p.add_argument("--force", action="store_true", help="register even if the quality gate refuses (recorded)")
     p.add_argument("--no-promote", action="store_true", help="register without promoting")

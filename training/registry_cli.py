@@ -8,8 +8,8 @@
     alias unset NAME | alias list
     history [--last N]  every alias move: when, alias, from -> to, by user@host, note
     shadow-report [--url URL]   candidate vs production agreement on live traffic (all workers)
-    export TAG FILE     write a version to a .bentomodel archive
-    import FILE         add a .bentomodel archive to the store (not promoted)
+    export TAG FILE     write a version to a .bentomodel archive (never over an existing file; --overwrite)
+    import FILE         add a .bentomodel archive to the store (not promoted; one already there is kept)
 
 The store is $BENTOML_HOME (default ~/bentoml); BentoML's own `bentoml models list/get/export/import`
 work on the same store. All store access is glasses/registry.py (locked, atomic, recorded in the
@@ -72,14 +72,16 @@ def _promote(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from glasses import registry
 
-    path = registry.export_version(args.tag, args.file)
+    path = registry.export_version(args.tag, args.file, overwrite=args.overwrite)
     print(f"exported {registry.get_model(args.tag).tag} -> {path}")
 
 
 def _import(args: argparse.Namespace) -> None:
     from glasses import registry
 
-    print(f"imported {registry.import_version(args.file)} (not promoted; `glasses-train registry promote TAG`)")
+    tag, added = registry.import_version(args.file)
+    print(f"imported {tag} (not promoted; `glasses-train registry promote {tag}`)" if added
+          else f"{tag} is already in the store: nothing imported")
 
 
 def _move_line(entry: dict) -> str:
@@ -183,6 +185,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     ex = sub.add_parser("export", help="write a version to a .bentomodel file")
     ex.add_argument("tag")
     ex.add_argument("file", type=Path)
+    ex.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
     sub.add_parser("import", help="import a .bentomodel file").add_argument("file", type=Path)
     alias = sub.add_parser("alias", help="set / unset / list aliases (production, candidate, any name)")
     alias_sub = alias.add_subparsers(dest="alias_action", required=True)
