@@ -34,7 +34,7 @@ from loadtests.server import Server, bentoml_command, free_port
 
 
 def two_versions(home: Path) -> tuple[str, str]:
-    """The bundled model twice in the store at `home` (the second a copy under a new tag)."""
+    """The bundled model twice in the store at `home` (the second a copy of its files under a new tag)."""
     os.environ["BENTOML_HOME"] = str(home)  # before bentoml is first imported in this process
     import bentoml
 
@@ -43,7 +43,9 @@ def two_versions(home: Path) -> tuple[str, str]:
     first = registry.get_model(registry.import_bundled_model(BUNDLED_MODEL_FILE))
     with bentoml.models.create(MODEL_NAME, labels={**first.info.labels, "copy_of": first.tag.version},
                                metadata=dict(first.info.metadata)) as ctx:
-        Path(ctx.path_of("model.keras")).write_bytes(Path(first.path_of("model.keras")).read_bytes())
+        for path in Path(first.path).iterdir():  # model.keras and model.tflite: the same runtime as the first
+            if path.is_file() and path.name != "model.yaml":
+                Path(ctx.path_of(path.name)).write_bytes(path.read_bytes())
     registry.promote(str(first.tag), note="swap benchmark")
     return str(first.tag), str(ctx.tag)
 
@@ -112,6 +114,7 @@ def run(args: argparse.Namespace) -> dict:
         port = free_port()
         env = {"BENTOML_HOME": str(home), "GLASSES_SERVE_WORKERS": str(args.workers), "GLASSES_MODEL": None}
         with Server(bentoml_command(port), port, env=env, timeout=300) as server:
+            report["runtime"] = requests.get(f"{server.url}/model", timeout=30).json().get("runtime", "tf")
             load = Load(server.url, uploads, args.users)
             try:
                 time.sleep(3)  # warm: every worker has answered
@@ -130,7 +133,7 @@ def run(args: argparse.Namespace) -> dict:
 def format_report(r: dict) -> str:
     m = r["machine"]
     lines = [f"swap benchmark {r['date']}: {m['cpu']} ({m['cores']} cores), {r['workers']} workers, "
-             f"{r['users']} users back to back, bundled model; load average before "
+             f"{r['users']} users back to back, bundled model on {r['runtime']}; load average before "
              f"{' / '.join(f'{x:.2f}' for x in r['loadavg_before'])}, after "
              f"{' / '.join(f'{x:.2f}' for x in r['loadavg_after'])}",
              f"steady: {r['steady']['requests']} requests, {r['steady']['failed']} failed, "
