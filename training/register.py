@@ -30,6 +30,7 @@ from pathlib import Path
 
 from glasses.config import CLASS_MAP, CLASS_NAMES, MODEL_NAME, POSITIVE_CLASS, REPO_ROOT
 from glasses.preprocessing import PREPROCESSING_VERSION
+from training import acceleration
 from training.cli import UserError
 
 KEY_METRICS = ("accuracy", "balanced_accuracy", "roc_auc", "f1", "loss")
@@ -173,6 +174,7 @@ def build_metadata(summary: dict, report: dict, *, gate: GateDecision, forced: b
         "output": "sigmoid P(glasses), input float32 (size, size, 3) in [0, 1]",
         "training_wall_time_s": summary.get("training_wall_time_s"),
         "search_wall_time_s": summary.get("search_wall_time_s"),
+        "training_hardware": acceleration.hardware_summary(summary.get("acceleration")),
         "library_versions": library_versions(),
         "git_commit": git_commit(),
         "gate": gate.as_dict(),
