@@ -1,7 +1,7 @@
 # The three commands README.md promises. Everything runs from the project's own virtualenv.
 PY := .venv/bin/python
 
-.PHONY: setup serve test bench
+.PHONY: setup serve test
 setup:  ## create .venv, install pinned dependencies (and podman for the container test, as root)
 	bash scripts/setup.sh
 

@@ -28,7 +28,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 from glasses.preprocessing import decode, to_uint8  # noqa: E402
-from training.prepare import Inventory, decode_all, prepare  # noqa: E402
+from training.cache import decode_all  # noqa: E402
+from training.prepare import prepare  # noqa: E402
+from training.sources import Inventory  # noqa: E402
 
 CELEBA = Path(os.environ.get("GLASSES_SHARED_DIR", REPO.parent / "shared")) / "data" / "celeba-glasses"
 

@@ -31,6 +31,7 @@ BUNDLED_MODEL_FILE = REPO_ROOT / "models" / "glasses_classifier.bentomodel"
 
 # --- registry -----------------------------------------------------------------------------------
 MODEL_NAME = "glasses_classifier"
+MODEL_FILE = "model.keras"  # the Keras file inside a stored version and a run directory
 MODEL_ENV_VAR = "GLASSES_MODEL"  # a tag such as glasses_classifier:abc123 overrides the promoted one
 DEFAULT_THRESHOLD = 0.5
 
@@ -40,6 +41,7 @@ KAGGLE_IMAGE_DIR = "faces-spring-2020/faces-spring-2020"
 
 # --- data pipeline ------------------------------------------------------------------------------
 SEED = 1234
+SPLITS: tuple[str, str, str] = ("train", "val", "test")  # split names, in order
 SPLIT_FRACTIONS: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train / val / test
 BATCH_SIZE = 64
 SHUFFLE_BUFFER = 2000
@@ -121,7 +123,7 @@ SERVE_THREADS = 1  # threads running batches (the dispatcher runs one batch at a
 SERVE_DISPATCH = os.environ.get("GLASSES_DISPATCH", "greedy")  # "greedy" | "cork" (BentoML's own rule)
 DECODE_THREADS = 4  # threads decoding uploads (PIL releases the GIL while decoding/resizing)
 
-# --- prepare (training/prepare.py) --------------------------------------------------------------
+# --- prepare (training/prepare.py, sources.py, cache.py, split.py) ------------------------------
 CACHE_SUBDIR = "cache"  # WORK_DIR/cache/<kind>-<size>-<fingerprint[:16]>/
 CSV_BLOCKSIZE = "16MB"  # dask.dataframe.read_csv partition size (CSV may exceed memory)
 DECODE_CHUNK = 32  # images per dask task (upper bound; small sources get smaller chunks)

@@ -64,7 +64,7 @@ def test_random_grayscale_is_luma():
 
 def test_profiles_name_existing_augmentations():
     from glasses.config import TUNING_PROFILES
-    from training.tune import resolve_augment
+    from training.fitting import resolve_augment
 
     names = {p.get("augment") for p in TUNING_PROFILES.values()} - {None}
     assert "celeba" in names

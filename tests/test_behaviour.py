@@ -1,7 +1,7 @@
 """Behavioural tests of the bundled default model on real photos of people it never saw (issue 7).
 
 Over the person-disjoint *test* split of ../shared/data/celeba-glasses (the same split `prepare` makes:
-training.prepare.split_assignments on labels.csv, grouped by celeba_identity, seed SEED), each photo
+training.split.split_assignments on labels.csv, grouped by celeba_identity, seed SEED), each photo
 is changed the way users change photos, run through the preprocessing contract and the model
 in-process (batched), and compared with the untouched photo:
 
@@ -58,7 +58,7 @@ def load_bundled(path: Path, into: Path):
 
 def split_photos(celeba: Path) -> list[Path]:
     """Files of the person-disjoint test split, as `prepare` assigns them."""
-    from training.prepare import split_assignments
+    from training.split import split_assignments
 
     with open(celeba / "labels.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))

@@ -12,12 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from glasses.config import CLASS_NAMES
+from glasses.config import CLASS_NAMES, SPLITS
 from glasses.preprocessing import preprocess, to_uint8
-from training import prepare as prep
+from training import cache as cache_stage
 from training.cli import UserError
 from training.data import class_counts, load_split, make_dataset, manifest_hash, read_manifest
-from training.prepare import SPLITS, load_excluded_ids, prepare, split_assignments
+from training.prepare import prepare
+from training.sources import load_excluded_ids
+from training.split import split_assignments
 
 from _fixtures import (
     EXCLUDED_SAMPLE,
@@ -165,7 +167,7 @@ def test_cache_reuse_and_invalidation(tmp_path) -> None:
 
 def test_interrupted_prepare_leaves_no_complete_cache(tmp_path, monkeypatch) -> None:
     root = make_folders(tmp_path / "src", n_glasses=8, n_no_glasses=16, persons=None)
-    real = prep.decode_chunk
+    real = cache_stage.decode_chunk
     calls = []
 
     def crashing(*args, **kwargs):
@@ -174,12 +176,12 @@ def test_interrupted_prepare_leaves_no_complete_cache(tmp_path, monkeypatch) -> 
             raise KeyboardInterrupt  # like Ctrl-C in the middle of decoding
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(prep, "decode_chunk", crashing)
+    monkeypatch.setattr(cache_stage, "decode_chunk", crashing)
     with pytest.raises(KeyboardInterrupt):
         prepare(f"folders:{root}", work_dir=tmp_path / "w", size=64, scheduler="synchronous", progress=False)
     cache = tmp_path / "w" / "cache"
     assert list(cache.iterdir()) == []  # neither a final dir nor a temp dir
-    monkeypatch.setattr(prep, "decode_chunk", real)
+    monkeypatch.setattr(cache_stage, "decode_chunk", real)
     p = prepare(f"folders:{root}", work_dir=tmp_path / "w", size=64, progress=False)
     assert not p.reused and sum(sum(c.values()) for c in p.counts.values()) == 24
 
@@ -190,15 +192,15 @@ def test_killed_prepare_is_not_taken_as_complete(tmp_path) -> None:
     work = tmp_path / "w"
     script = textwrap.dedent(f"""
         import os
-        from training import prepare as prep
-        real, calls = prep.decode_chunk, []
+        from training import cache, prepare
+        real, calls = cache.decode_chunk, []
         def dying(*a, **k):
             calls.append(1)
             if len(calls) == 3:
                 os._exit(9)
             return real(*a, **k)
-        prep.decode_chunk = dying
-        prep.prepare("folders:{root}", work_dir=r"{work}", size=64, scheduler="synchronous", progress=False)
+        cache.decode_chunk = dying
+        prepare.prepare("folders:{root}", work_dir=r"{work}", size=64, scheduler="synchronous", progress=False)
     """)
     r = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 9, r.stderr
@@ -221,7 +223,7 @@ def test_stale_temp_dirs_of_other_hosts_are_left_alone(tmp_path) -> None:
         if host:
             (d / "owner").write_text(host)
         dirs[name] = d
-    removed = prep.clean_stale_tmp(tmp_path)
+    removed = cache_stage.clean_stale_tmp(tmp_path)
     assert sorted(d.name for d in removed) == sorted([dirs["mine"].name, dirs["legacy"].name])
     assert dirs["theirs"].exists()
 
@@ -333,7 +335,7 @@ def test_unreachable_scheduler_is_a_user_error(tmp_path, folders, monkeypatch) -
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed once the with-block ends: nothing listens there
-    monkeypatch.setattr(prep, "SCHEDULER_TIMEOUT", "2s")
+    monkeypatch.setattr(cache_stage, "SCHEDULER_TIMEOUT", "2s")
     with pytest.raises(UserError, match="cannot reach the dask scheduler"):
         prepare(f"folders:{folders['root']}", work_dir=tmp_path / "w", size=64, scheduler=f"tcp://127.0.0.1:{port}",
                 progress=False)

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import pytest
 
-from training import models, tune as tune_mod
+from training import fitting, models, tune as tune_mod
 from training.cli import UserError
 from training.tune import HISTORY_FILE, TRIAL_FILE, get_profile, tune
 
@@ -239,11 +239,11 @@ def test_class_weight_and_augment_hooks(manifest, monkeypatch):
     from training.data import class_counts
     from training.train import fit_ladder_model
 
-    weights = tune_mod.class_weights(manifest, "balanced")
+    weights = fitting.class_weights(manifest, "balanced")
     counts = class_counts(manifest, "train")
     n = sum(counts.values())
     assert weights == {0: n / (2 * counts["no_glasses"]), 1: n / (2 * counts["glasses"])}
-    assert tune_mod.class_weights(manifest, None) is None
+    assert fitting.class_weights(manifest, None) is None
 
     calls = []
 
@@ -252,9 +252,9 @@ def test_class_weight_and_augment_hooks(manifest, monkeypatch):
         return tf.image.flip_left_right(image), label
 
     monkeypatch.setitem(sys.modules, "training.augment", types.SimpleNamespace(flip=flip))
-    assert tune_mod.resolve_augment("flip") is flip
+    assert fitting.resolve_augment("flip") is flip
     with pytest.raises(UserError, match="not found in training/augment.py"):
-        tune_mod.resolve_augment("nope")
+        fitting.resolve_augment("nope")
     model, history, seconds = fit_ladder_model("perceptron", manifest, epochs=1, batch_size=16,
                                                class_weight="balanced", augment="flip", verbose=0)
     assert calls and len(history["loss"]) == 1 and model.count_params() == 64 * 64 * 3 + 1

@@ -86,9 +86,3 @@ def celeba(image, label):
     """The `celeba` profile's augmentation: `augment_image` with CELEBA_AUGMENTATION; label unchanged."""
     return augment_image(image, CELEBA_AUGMENTATION), label
 
-
-def flips(image, label):
-    """Horizontal flips only (the quick baseline of issue 7)."""
-    import tensorflow as tf
-
-    return tf.image.random_flip_left_right(image), label

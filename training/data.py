@@ -1,6 +1,6 @@
 """Data: split manifests and the uint8 cache -> numpy arrays and tf.data pipelines like the paper's.
 
-    manifest (training/prepare.py) -> load_split: uint8 (N, S, S, 3) + int64 labels (1 = glasses)
+    manifest (training/split.py) -> load_split: uint8 (N, S, S, 3) + int64 labels (1 = glasses)
     -> make_dataset: cache -> shuffle(SHUFFLE_BUFFER, seed) [train] -> batch -> x / 255 per batch
        -> prefetch(AUTOTUNE); with an augmentation: x / 255 -> augment per image [train] -> batch
 
@@ -22,8 +22,6 @@ from glasses.files import file_sha256
 
 if TYPE_CHECKING:
     import tensorflow as tf
-
-SPLITS = ("train", "val", "test")
 
 
 def read_manifest(path: str | Path) -> dict:

@@ -17,7 +17,7 @@ from training.cli import UserError
 
 
 def run(
-    source: str,
+    source: str | list[str],
     profile: str = "paper",
     *,
     size: int | None = None,
@@ -30,7 +30,7 @@ def run(
     """prepare -> tune -> evaluate -> register; returns {stage: artefact} (paths, tag, metrics)."""
     from glasses import registry
     from training.evaluate import evaluate_run, format_metrics
-    from training.prepare import prepare
+    from training.prepare import prepare_sources
     from training.register import register
     from training.tune import get_profile, tune
 
@@ -40,8 +40,9 @@ def run(
     started = time.monotonic()
     out: dict = {"profile": profile}
 
-    print(f"== prepare {source} ({size}px)", flush=True)
-    data = prepare(source, size=size, scheduler=scheduler, work_dir=work_dir)
+    sources = [source] if isinstance(source, str) else list(source)
+    print(f"== prepare {' + '.join(sources)} ({size}px)", flush=True)
+    data = prepare_sources(sources, size=size, scheduler=scheduler, work_dir=work_dir)
     counts = {split: sum(c.values()) for split, c in data.counts.items()}
     print(f"   manifest {data.manifest_path} ({'reused' if data.reused else 'built'}; {counts}; "
           f"{len(data.skipped)} skipped)", flush=True)
@@ -93,7 +94,8 @@ def _print_artefacts(out: dict, started: float) -> None:
 def add_cli(subparsers) -> None:
     """`glasses-train run --source SRC [--profile P] [--fresh] [--force] [--no-promote]`."""
     p = subparsers.add_parser("run", help="prepare -> tune -> evaluate -> register, in one command")
-    p.add_argument("--source", required=True, help="kaggle | kaggle-dir:PATH | folders:PATH")
+    p.add_argument("--source", required=True, action="append",
+                   help="kaggle | kaggle-dir:PATH | folders:PATH; repeat for several (their union, split by person)")
     p.add_argument("--profile", default="paper", choices=sorted(TUNING_PROFILES))
     p.add_argument("--size", type=int, default=None, help="image side (default: the profile's)")
     p.add_argument("--fresh", action="store_true", help="restart the search instead of resuming it")

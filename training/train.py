@@ -31,7 +31,7 @@ def fit_ladder_model(
 
     from training import models
     from training.data import make_dataset, read_manifest
-    from training.tune import class_weights, fit_verbosity, resolve_augment
+    from training.fitting import class_weights, fit_verbosity, history_lists, resolve_augment
 
     if name not in models.LADDER:
         raise UserError(f"unknown ladder model {name!r}; known: {', '.join(models.LADDER)}")
@@ -51,6 +51,5 @@ def fit_ladder_model(
                             class_weight=class_weights(Path(manifest_path), class_weight),
                             verbose=fit_verbosity() if verbose is None else verbose)
         seconds = time.monotonic() - started
-    hist = {k: [float(v) for v in vals] for k, vals in history.history.items() if k != "learning_rate"}
-    return acceleration.float32_copy(model), hist, seconds
+    return acceleration.float32_copy(model), history_lists(history), seconds
 

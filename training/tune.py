@@ -26,12 +26,10 @@ import copy
 import importlib
 import json
 import os
-import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from glasses.config import (
     IMBALANCE_WARNING_BELOW,
@@ -43,6 +41,7 @@ from glasses.config import (
 from glasses.files import write_json_atomic
 from training import acceleration
 from training.cli import UserError
+from training.fitting import class_weights, fit_verbosity, history_lists, resolve_augment
 
 OBJECTIVES = ("val_accuracy", "val_auc", "val_balanced_accuracy")
 THRESHOLD_METHODS = ("0.5", "val_balanced_accuracy")
@@ -93,28 +92,6 @@ def get_profile(name: str, **overrides) -> dict:
     return profile
 
 
-def resolve_augment(name: str | None) -> Callable | None:
-    """The augmentation function `training.augment.<name>` (image, label) -> (image, label), or None."""
-    if not name:
-        return None
-    try:
-        module = importlib.import_module("training.augment")
-        return getattr(module, name)
-    except (ModuleNotFoundError, AttributeError):
-        raise UserError(f"augmentation {name!r} not found in training/augment.py") from None
-
-
-def class_weights(manifest_path: Path, mode: str | None) -> dict[int, float] | None:
-    """None, or 'balanced' weights n / (2 * n_class) from the train split (label 1 = glasses)."""
-    if mode is None:
-        return None
-    from training.data import class_counts
-
-    counts = class_counts(manifest_path, "train")
-    n = sum(counts.values())
-    return {i: n / (2 * max(counts[c], 1)) for i, c in enumerate(("no_glasses", "glasses"))}
-
-
 def imbalance_warning(manifest_path: Path, objective: str) -> str | None:
     """A warning line when the minority class is rare and the objective is plain accuracy."""
     from training.data import class_counts
@@ -129,11 +106,6 @@ def imbalance_warning(manifest_path: Path, objective: str) -> str | None:
             f"predicting the majority class: prefer a profile with objective val_auc"
         )
     return None
-
-
-def fit_verbosity() -> int:
-    """Keras progress bars on a terminal, one line per epoch in logs."""
-    return 1 if sys.stdout.isatty() else 2
 
 
 # --- distribution -------------------------------------------------------------------------------
@@ -449,8 +421,7 @@ def _tune(manifest_path: Path, profile: str | dict, plan: acceleration.Plan, *, 
         history = model.fit(train_ds, validation_data=val_ds, epochs=profile["final_epochs"],
                             callbacks=[restore, timer], class_weight=weights, verbose=verbose)
         result.final_fit_epoch_times_s = list(timer.epoch_times)
-        result.history = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-        result.history.pop("learning_rate", None)
+        result.history = history_lists(history)
         result.refit_score = max(result.history.get(objective) or [float("-inf")])
         result.final_model = "refit"
     # A refit from scratch can end worse on validation than the checkpoint the search already holds (on
