@@ -310,6 +310,9 @@ def tune(
     trial failed, so a broken environment can never hand back an untrained "best" model. Runs under
     this machine's acceleration plan (training/acceleration.py); the saved model is float32.
     """
+    from training.data import read_manifest
+
+    read_manifest(manifest_path)  # a wrong path or file fails here, before TensorFlow loads
     plan = acceleration.make_plan()
     acceleration.set_threads(plan.intra_threads, plan.inter_threads)  # before TensorFlow's runtime starts
     with acceleration.accelerated(plan):
@@ -319,14 +322,9 @@ def tune(
 
 def _tune(manifest_path: Path, profile: str | dict, plan: acceleration.Plan, *, fresh: bool, work_dir: str | Path,
           run_dir: str | Path | None, verbose: int | None) -> TuneResult:
-    import keras
-
-    from training import models
     from training.data import make_dataset, manifest_hash, read_manifest
 
     manifest_path = Path(manifest_path)
-    if not manifest_path.exists():
-        raise UserError(f"manifest {manifest_path} does not exist; run `glasses-train prepare` first")
     profile = get_profile(profile) if isinstance(profile, str) else dict(profile)
     manifest = read_manifest(manifest_path)
     size = int(manifest["size"])
@@ -355,6 +353,10 @@ def _tune(manifest_path: Path, profile: str | dict, plan: acceleration.Plan, *, 
     _check_or_write_config(project_dir, config, fresh=False)
     _check_saved_state(project_dir)
     _keras_tuner_saves_atomically()
+
+    import keras
+
+    from training import models
 
     keras.utils.set_random_seed(profile["seed"])
     augment = resolve_augment(profile.get("augment"))
