@@ -56,15 +56,19 @@ def store_dir() -> Path:
 
 
 # --- the store ----------------------------------------------------------------------------------
-def save_version(model: Any, *, metadata: dict[str, Any], labels: dict[str, Any]) -> str:
+def save_version(model: Any, *, metadata: dict[str, Any], labels: dict[str, Any],
+                 files: dict[str, Path] | None = None) -> str:
     """Save a keras.Model as a new `glasses_classifier` version; returns its tag. All or nothing:
-    BentoML copies into the store only when the block exits cleanly."""
+    BentoML copies into the store only when the block exits cleanly. `files` ({name: path}) are
+    stored beside the model (e.g. the run's HTML report and test predictions)."""
     labels = {str(k): str(v) for k, v in labels.items()}
     tmp_path = None
     try:
         with bentoml.models.create(MODEL_NAME, labels=labels, metadata=metadata) as ctx:
             tmp_path = Path(ctx.path)
             model.save(ctx.path_of(MODEL_FILE))
+            for name, source in (files or {}).items():
+                shutil.copyfile(source, ctx.path_of(name))
         return str(ctx.tag)
     finally:
         if tmp_path is not None and tmp_path.exists():  # BentoML leaves its temp dir behind

@@ -119,3 +119,26 @@ def test_no_console_error_on_an_idle_page(server, driver):
     assert console_errors(driver) == []
     urls = requested_urls(driver)
     assert any(u.endswith("/static/app.js") for u in urls) and foreign(urls, server.url) == []
+
+
+def test_report_opens_with_every_figure_and_nothing_fetched(driver, tmp_path):
+    import numpy as np
+
+    from training.evaluate import binary_metrics
+    from training.report import render
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 60)
+    p = np.clip(0.3 * y + 0.7 * rng.random(60), 0, 1)
+    images = np.stack([np.asarray(face_image(i, bool(y[i]), 64)) for i in range(60)])
+    evaluation = {"metrics": binary_metrics(y, p, 0.5), "threshold": {"value": 0.5, "method": "fixed"}}
+    report = tmp_path / "report.html"
+    report.write_text(render(evaluation, title="Evaluation report: generated faces", y=y, p=p, images=images,
+                             files=[f"f{i}.png" for i in range(60)]))
+    driver.get(report.as_uri())
+    assert driver.title == "Evaluation report: generated faces"
+    sizes = driver.execute_script("return [...document.images].map(i => i.complete ? i.naturalWidth : 0)")
+    wrong = int(((p >= 0.5) != (y == 1)).sum())
+    assert len(sizes) == 3 + wrong and all(w > 0 for w in sizes)
+    assert console_errors(driver) == []
+    assert [u for u in requested_urls(driver) if not u.startswith(("data:", "about:"))] == [report.as_uri()]
