@@ -1,12 +1,13 @@
 """The model registry: every read and write of the model store goes through this module.
 
 The registry is a BentoML model store (`$BENTOML_HOME`, default `~/bentoml`): every registered
-model is a `glasses_classifier:<version>` holding `model.keras` plus metadata. Which version is
-*promoted* (served by default) is recorded in a pointer file, `$BENTOML_HOME/glasses_registry.json`,
-beside the store, so BentoML's own `bentoml models ...` commands keep working unchanged.
+model is a `glasses_classifier:<version>` holding `model.keras` (and `model.tflite` when its LiteRT
+conversion passed, see training/convert.py) plus metadata. Which version is *promoted* (served by
+default) is recorded in a pointer file, `$BENTOML_HOME/glasses_registry.json`, beside the store, so
+BentoML's own `bentoml models ...` commands keep working unchanged.
 
     store:    save_version, import_version, export_version, list_models, list_versions, get_model
-    pointer:  promote, promoted_tag, resolve_tag (GLASSES_MODEL > promoted > newest > bundled)
+    pointer:  promote, promoted_tag, resolve (GLASSES_MODEL > promoted > newest > bundled)
     versions: model_card (what GET /model shows), check_servable (can this code score it?)
 """
 
@@ -15,11 +16,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tarfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import bentoml
+import yaml
 
 from glasses import preprocessing
 from glasses.config import (
@@ -27,12 +30,14 @@ from glasses.config import (
     CLASS_MAP,
     DEFAULT_THRESHOLD,
     IMAGE_SIZE,
+    LITERT_MODEL_FILE,
     MODEL_ENV_VAR,
     MODEL_FILE,
     MODEL_NAME,
     POSITIVE_CLASS,
 )
 from glasses.files import UserError, write_json_atomic
+from glasses.runtimes import available_runtimes
 
 
 # Key metrics `list_versions` shows for every version.
@@ -56,17 +61,19 @@ def store_dir() -> Path:
 
 
 # --- the store ----------------------------------------------------------------------------------
-def save_version(model: Any, *, metadata: dict[str, Any], labels: dict[str, Any],
+def save_version(model: Any, *, metadata: dict[str, Any], labels: dict[str, Any], litert: bytes | None = None,
                  files: dict[str, Path] | None = None) -> str:
-    """Save a keras.Model as a new `glasses_classifier` version; returns its tag. All or nothing:
-    BentoML copies into the store only when the block exits cleanly. `files` ({name: path}) are
-    stored beside the model (e.g. the run's HTML report and test predictions)."""
+    """Save a keras.Model (and its checked LiteRT model, if given) as a new `glasses_classifier` version;
+    returns its tag. All or nothing: BentoML copies into the store only when the block exits cleanly.
+    `files` ({name: path}) are stored beside the model (the run's HTML report and test predictions)."""
     labels = {str(k): str(v) for k, v in labels.items()}
     tmp_path = None
     try:
         with bentoml.models.create(MODEL_NAME, labels=labels, metadata=metadata) as ctx:
             tmp_path = Path(ctx.path)
             model.save(ctx.path_of(MODEL_FILE))
+            if litert is not None:
+                Path(ctx.path_of(LITERT_MODEL_FILE)).write_bytes(litert)
             for name, source in (files or {}).items():
                 shutil.copyfile(source, ctx.path_of(name))
         return str(ctx.tag)
@@ -75,13 +82,29 @@ def save_version(model: Any, *, metadata: dict[str, Any], labels: dict[str, Any]
             shutil.rmtree(tmp_path, ignore_errors=True)
 
 
-def import_version(path: str | Path) -> str:
-    """Import a `.bentomodel` archive into the store; returns its tag (not promoted)."""
+def archive_tag(path: Path) -> str:
+    """The tag recorded in a `.bentomodel` archive (its model.yaml), read without importing it."""
+    try:
+        with tarfile.open(path) as archive:
+            [member] = [m for m in archive.getmembers() if m.name.lstrip("./") == "model.yaml"]
+            info = yaml.safe_load(archive.extractfile(member).read())
+        return f"{info['name']}:{info['version']}"
+    except Exception as exc:  # noqa: BLE001 (tarfile/yaml/KeyError for anything that is not an archive)
+        raise RegistryError(f"cannot import {path}: not a valid .bentomodel archive ({type(exc).__name__})") from None
+
+
+def import_version(path: str | Path) -> tuple[str, bool]:
+    """Import a `.bentomodel` archive into the store (not promoted): (tag, False if already present)."""
     path = Path(path).resolve()
     if not path.is_file():
         raise RegistryError(f"{path} does not exist")
+    tag = archive_tag(path)
     try:
-        return str(bentoml.models.import_model(str(path)).tag)
+        return str(get_model(tag).tag), False
+    except RegistryError:
+        pass
+    try:
+        return str(bentoml.models.import_model(str(path)).tag), True
     except bentoml.exceptions.BentoMLException as exc:
         raise RegistryError(f"cannot import {path}: {str(exc).splitlines()[0]}") from None
     except Exception as exc:  # tarfile/yaml errors for a corrupt archive
@@ -90,20 +113,22 @@ def import_version(path: str | Path) -> str:
 
 def import_bundled_model(path: Path = BUNDLED_MODEL_FILE) -> str:
     """Import the bundled default `.bentomodel` into the store and return its tag (the store must not
-    hold that version yet: `resolve_tag` calls this only for an empty store)."""
+    hold that version yet: `resolve` calls this only for an empty store)."""
     if not path.exists():
         raise RegistryError(f"bundled model {path} is missing")
-    return import_version(path)
+    return import_version(path)[0]
 
 
-def export_version(tag: str, path: str | Path) -> Path:
-    """Write one version to a `.bentomodel` archive."""
+def export_version(tag: str, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write one version to a `.bentomodel` archive (an existing file only with overwrite)."""
     model = get_model(tag)
     path = Path(path).resolve()  # bentoml resolves relative paths against "/", not the cwd
     if path.suffix != ".bentomodel":
         raise RegistryError(f"export file must end in .bentomodel, got {path.name}")
     if not path.parent.exists():
         raise RegistryError(f"directory {path.parent} does not exist")
+    if path.exists() and not overwrite:
+        raise RegistryError(f"{path} already exists (--overwrite to replace it)")
     return Path(bentoml.models.export_model(str(model.tag), str(path)))
 
 
@@ -201,19 +226,23 @@ def promote(tag: str) -> str:
     return full
 
 
-def resolve_tag(import_default: bool = True) -> str:
-    """The tag to serve: $GLASSES_MODEL, else promoted, else newest, else the bundled default."""
+def resolve(import_default: bool = True) -> tuple[str, str]:
+    """(tag, why) of the version to serve: $GLASSES_MODEL, else promoted, else newest, else bundled."""
     env_tag = os.environ.get(MODEL_ENV_VAR)
     if env_tag:
-        return str(get_model(env_tag).tag)
+        try:
+            return str(get_model(env_tag).tag), f"pinned by ${MODEL_ENV_VAR}"
+        except RegistryError as exc:
+            raise RegistryError(f"${MODEL_ENV_VAR}={env_tag}: {exc}") from None
     tag = promoted_tag()
     if tag:
-        return tag
+        return tag, "promoted in the registry"
     models = list_models()
     if models:
-        return str(models[0].tag)
+        return str(models[0].tag), "newest version in the store (none promoted)"
     if import_default and BUNDLED_MODEL_FILE.exists():
-        return promote(import_bundled_model())
+        tag = promote(import_bundled_model())
+        return tag, f"bundled default {BUNDLED_MODEL_FILE.name} imported into the empty store and promoted"
     raise RegistryError(
         f"no {MODEL_NAME} model in the store at {bentoml_home()}; run `glasses-train run` or "
         f"`glasses-train registry import {BUNDLED_MODEL_FILE}`"
@@ -248,6 +277,8 @@ def model_card(bento_model: Any) -> dict[str, Any]:
         "profile": meta.get("profile"),
         "objective": meta.get("objective"),
         "hyperparameters": meta.get("hyperparameters") or {},
+        "runtimes": available_runtimes(bento_model),  # model files present: "tf" (model.keras), "litert"
+        "litert": meta.get("litert"),  # the conversion check recorded at registration (training/convert.py)
     }
 
 

@@ -34,7 +34,8 @@ How a request flows, and why (figures and how they were measured: docs/service.m
 
 from __future__ import annotations
 
-from pathlib import Path
+import logging
+import sys
 from typing import Any
 
 import anyio
@@ -47,19 +48,22 @@ from starlette.routing import Route
 
 from glasses.config import (
     DECODE_THREADS,
-    MODEL_FILE,
+    HEADER_TIMEOUT_S,
     MAX_BATCH_IMAGES,
     MAX_REQUEST_BYTES,
     SERVE_DISPATCH,
     SERVE_MAX_BATCH_SIZE,
     SERVE_MAX_LATENCY_MS,
+    SERVE_RUNTIME,
     SERVE_THREADS,
     SERVE_WORKERS,
 )
-from glasses.registry import check_servable, model_card, resolve_tag
+from glasses.registry import RegistryError, check_servable, model_card, resolve
+from glasses.runtimes import load_classifier
 from service import pages
 from service.batching import BatchInfer, batch_entry
-from service.inference import Classifier, UploadError, decode_upload, verdict
+from service.inference import UploadError, decode_upload, verdict
+from service.limits import install_head_timeout
 from service.uploads import (
     BodyLimitMiddleware,
     ImagesUpload,
@@ -70,9 +74,16 @@ from service.uploads import (
     read_uploads,
 )
 
+log = logging.getLogger("bentoml.glasses")  # under BentoML's logger: its format and handlers
+
 # Resolved once at import, so `bentoml build` records exactly this model: GLASSES_MODEL > promoted >
-# newest > the bundled default (imported into an empty store).
-MODEL_TAG = resolve_tag()
+# newest > the bundled default (imported into an empty store). A wrong choice stops here, in one line.
+try:
+    MODEL_TAG, MODEL_REASON = resolve()
+except RegistryError as exc:
+    sys.exit(f"glasses service: cannot start: {exc}")
+if MODEL_REASON.startswith("bundled"):  # said once, by the process that did it
+    print(f"glasses service: {MODEL_TAG}: {MODEL_REASON}", file=sys.stderr, flush=True)
 IMAGE_SIZE = int(model_card(bentoml.models.get(MODEL_TAG))["preprocessing"]["image_size"])
 Pixels = pixels_type(IMAGE_SIZE)
 
@@ -100,11 +111,14 @@ class GlassesService:
         check_servable(self.card)
         self.tag = self.card["tag"]
         self.threshold = self.card["threshold"]
-        self.classifier = Classifier(Path(self.bento_model.path_of(MODEL_FILE)), IMAGE_SIZE)
+        self.classifier = load_classifier(self.bento_model, SERVE_RUNTIME, IMAGE_SIZE)  # tf | litert
+        self.card["runtime"] = self.classifier.runtime
         self.classifier.warm_up((1, 8, SERVE_MAX_BATCH_SIZE))
         self._batch_infer: BatchInfer | None = None
         self._decode_limiter: anyio.CapacityLimiter | None = None
         self._ready = True  # only reached once the model is loaded and warmed up
+        log.info("serving %s (%s), image size %d, threshold %.3f", self.tag, MODEL_REASON, IMAGE_SIZE,
+                 self.threshold)
 
     def __is_ready__(self) -> bool:
         return self._ready
@@ -170,5 +184,6 @@ def _refuse(ctx: bentoml.Context, exc: UploadError) -> JSONResponse:
     return JSONResponse(error_body(str(exc), exc.status), status_code=exc.status)
 
 
-GlassesService.add_asgi_middleware(BodyLimitMiddleware, max_bytes=MAX_REQUEST_BYTES)
+GlassesService.add_asgi_middleware(BodyLimitMiddleware, max_bytes=MAX_REQUEST_BYTES)  # size, memory, body time
 pages.mount(GlassesService)  # GET / /docs /docs.json /static/*, POST /explain
+install_head_timeout(HEADER_TIMEOUT_S)  # slow or idle clients: uvicorn closes them (service/limits.py)

@@ -7,6 +7,8 @@
          (serving it takes an explicit `registry promote`)
       -> the report must be the run's own: made from this model.keras (sha256) on the manifest it
          was tuned on (a re-tuned run with an old evaluation.json is refused)
+      -> LiteRT conversion (training/convert.py), checked against Keras on the test photos: model.tflite
+         beside model.keras when max |dp| <= 1e-5, else refused in one line (the version serves on TF)
       -> glasses.registry.save_version (all or nothing) with lineage metadata and labels
       -> promote (glasses.registry.promote) unless told not to
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import platform
 import subprocess
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +28,7 @@ from pathlib import Path
 from glasses.config import CLASS_MAP, CLASS_NAMES, POSITIVE_CLASS, REPO_ROOT
 from glasses.preprocessing import PREPROCESSING_VERSION
 from training.cli import UserError
+from training.exclusions import manifest_exclusions
 
 
 @dataclass
@@ -51,6 +55,8 @@ class RegisterResult:
     promoted: bool
     forced: bool
     gate: GateDecision
+    litert: str = ""  # one line: the LiteRT conversion accepted or refused, and why
+    litert_accepted: bool = False
 
 
 # --- lineage helpers ----------------------------------------------------------------------------
@@ -157,6 +163,7 @@ def build_metadata(summary: dict, report: dict, *, gate: GateDecision, forced: b
         "data_fingerprint": summary["data_fingerprint"],
         "split_manifest_hash": report["manifest_hash"],
         "split_manifest_path": report["manifest_path"],
+        "data_exclusions": manifest_exclusions(report["manifest_path"]),  # exclusion files: path, sha256, removed
         "image_size": report["image_size"],
         "preprocessing_version": PREPROCESSING_VERSION,
         "class_map": dict(CLASS_MAP),
@@ -178,10 +185,9 @@ def register(run_dir: str | Path, *, force: bool = False, promote: bool = True) 
 
     Raises UserError (one line) when the gate refuses and force is False; nothing is registered then.
     """
-    import keras
-
     from glasses import registry
-    from glasses.files import file_sha256
+    from glasses.files import file_sha256, load_keras_model
+    from training import convert
     from training.evaluate import REPORT_FILE
     from training.report import PREDICTIONS_FILE, REPORT_HTML
     from training.tune import read_tune_summary
@@ -202,8 +208,11 @@ def register(run_dir: str | Path, *, force: bool = False, promote: bool = True) 
                       floor=float(profile["gate_floor"]))
     if not gate.passed and not force:
         raise UserError(f"quality gate refused the model: {gate.reason} (use --force to register anyway)")
-    model = keras.saving.load_model(run_dir / "model.keras", compile=False)
+    model = load_keras_model(run_dir / "model.keras")
     metadata = build_metadata(summary, report, gate=gate, forced=force and not gate.passed)
+    photos = convert.test_pixels(report["manifest_path"])
+    conversion = convert.convert_checked(model, convert.check_images(photos, int(report["image_size"])))
+    metadata["litert"] = conversion.metadata()
     labels = {
         "profile": profile["name"],
         "objective": profile["objective"],
@@ -213,12 +222,13 @@ def register(run_dir: str | Path, *, force: bool = False, promote: bool = True) 
         "run": run_dir.name,
     }
     kept = {name: run_dir / name for name in (REPORT_HTML, PREDICTIONS_FILE) if (run_dir / name).exists()}
-    tag = registry.save_version(model, metadata=metadata, labels=labels, files=kept)
+    tag = registry.save_version(model, metadata=metadata, labels=labels, litert=conversion.tflite, files=kept)
     (run_dir / "registered.json").write_text(json.dumps({"tag": tag, "gate": gate.as_dict()}, indent=2))
     forced = force and not gate.passed
     if promote and not forced:
         registry.promote(tag)
-    return RegisterResult(tag=tag, promoted=promote and not forced, forced=forced, gate=gate)
+    return RegisterResult(tag=tag, promoted=promote and not forced, forced=forced, gate=gate,
+                          litert=conversion.reason, litert_accepted=conversion.accepted)
 
 
 # --- CLI ----------------------------------------------------------------------------------------
@@ -229,6 +239,7 @@ def _register_cli(args) -> int:
 
     result = register(args.run_dir, force=args.force, promote=not args.no_promote)
     print(f"registered {result.tag} in {registry.store_dir()} ({result.gate.reason}{'; FORCED' if result.forced else ''})")
+    print(result.litert, file=sys.stdout if result.litert_accepted else sys.stderr)
     print(f"promoted: {'yes' if result.promoted else 'no'}"
           + (f" (forced past the gate: `glasses-train registry promote {result.tag}` to serve it)" if result.forced else ""))
     return 0
@@ -236,7 +247,10 @@ def _register_cli(args) -> int:
 
 def add_cli(subparsers) -> None:
     """`glasses-train register --run-dir D [--force] [--no-promote]`."""
-    p = subparsers.add_parser("register", help="quality gate + save a run's model into the BentoML store")
+    p = subparsers.add_parser(
+        "register", help="quality gate + save a run's model into the BentoML store",
+        description="Check a tuned and evaluated run against the quality gate, save its model as a new "
+                    "version in the BentoML store (the registry) and promote it unless --no-promote or forced.")
     p.add_argument("--run-dir", required=True, type=Path, help="run directory (tune + evaluate done)")
     p.add_argument("--force", action="store_true", help="register even if the quality gate refuses (recorded)")
     p.add_argument("--no-promote", action="store_true", help="register without promoting")
