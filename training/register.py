@@ -191,6 +191,7 @@ def register(run_dir: str | Path, *, force: bool = False, promote: bool = True) 
     from glasses.files import file_sha256, load_keras_model
     from training import convert
     from training.evaluate import REPORT_FILE
+    from training.report import PREDICTIONS_FILE, REPORT_HTML
     from training.tune import read_tune_summary
 
     run_dir = Path(run_dir)
@@ -222,7 +223,8 @@ def register(run_dir: str | Path, *, force: bool = False, promote: bool = True) 
         "data": summary["data_fingerprint"][:12],
         "run": run_dir.name,
     }
-    tag = registry.save_version(model, metadata=metadata, labels=labels, litert=conversion.tflite)
+    kept = {name: run_dir / name for name in (REPORT_HTML, PREDICTIONS_FILE) if (run_dir / name).exists()}
+    tag = registry.save_version(model, metadata=metadata, labels=labels, litert=conversion.tflite, files=kept)
     (run_dir / "registered.json").write_text(json.dumps({"tag": tag, "gate": gate.as_dict()}, indent=2))
     forced = force and not gate.passed
     if promote and not forced:
