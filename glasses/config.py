@@ -94,6 +94,15 @@ TUNING_PROFILES: dict[str, dict] = {
         "gate_metric": "roc_auc", "gate_floor": 0.90,
     },
 }
+# How fast a training step runs, never what it computes (training/acceleration.py; measurements in
+# docs/training.md). Precision: "auto" = mixed_bfloat16 where the CPU has avx512_bf16/amx_bf16 and
+# oneDNN is on, else float32 (the sigmoid output and the loss are float32 either way; the saved
+# model is float32). XLA: "auto" = off on CPU. Threads: 0 = TensorFlow's default (one per core).
+TRAIN_PRECISION = os.environ.get("GLASSES_PRECISION", "auto")  # auto | float32 | mixed_bfloat16
+TRAIN_JIT = os.environ.get("GLASSES_JIT", "auto")  # auto | on | off
+TRAIN_INTRA_THREADS = int(os.environ.get("GLASSES_INTRA_THREADS", "0"))
+TRAIN_INTER_THREADS = int(os.environ.get("GLASSES_INTER_THREADS", "0"))
+TRAIN_STEPS_PER_EXECUTION = int(os.environ.get("GLASSES_STEPS_PER_EXECUTION", "1"))
 TUNING_SUBDIR = "tuning"  # WORK_DIR/tuning/<profile>-<data fingerprint[:12]>/ (keras-tuner project)
 RUNS_SUBDIR = "runs"  # WORK_DIR/runs/<timestamp>-<profile>-<id>/ (model.keras, tune.json, evaluation.json, curves)
 IMBALANCE_WARNING_BELOW = 0.3  # minority-class share under which accuracy objectives get a warning

@@ -69,9 +69,11 @@ def store_dir() -> Path:
 
 
 # --- the store ----------------------------------------------------------------------------------
-def save_version(model: Any, *, metadata: dict[str, Any], labels: dict[str, Any], litert: bytes | None = None) -> str:
+def save_version(model: Any, *, metadata: dict[str, Any], labels: dict[str, Any], litert: bytes | None = None,
+                 files: dict[str, Path] | None = None) -> str:
     """Save a keras.Model (and its checked LiteRT model, if given) as a new `glasses_classifier` version;
-    returns its tag. All or nothing: BentoML copies into the store only when the block exits cleanly."""
+    returns its tag. All or nothing: BentoML copies into the store only when the block exits cleanly.
+    `files` ({name: path}) are stored beside the model (the run's HTML report and test predictions)."""
     labels = {str(k): str(v) for k, v in labels.items()}
     tmp_path = None
     try:
@@ -80,6 +82,8 @@ def save_version(model: Any, *, metadata: dict[str, Any], labels: dict[str, Any]
             model.save(ctx.path_of(MODEL_FILE))
             if litert is not None:
                 Path(ctx.path_of(LITERT_MODEL_FILE)).write_bytes(litert)
+            for name, source in (files or {}).items():
+                shutil.copyfile(source, ctx.path_of(name))
         return str(ctx.tag)
     finally:
         if tmp_path is not None and tmp_path.exists():  # BentoML leaves its temp dir behind

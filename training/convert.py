@@ -181,7 +181,8 @@ def convert_version(tag: str, manifest: str | Path | None = None) -> tuple[str, 
                                       "photos_from": str(check_manifest) if photos is not None else "none",
                                       "photos_are_its_test_split": own}
     new_tag = registry.save_version(model, metadata=meta | {"litert": record, "converted_from": str(source.tag)},
-                                    labels=dict(source.info.labels or {}), litert=conversion.tflite)
+                                    labels=dict(source.info.labels or {}), litert=conversion.tflite,
+                                    files=_kept_files(source))
     if registry.promoted_tag() == str(source.tag):
         registry.promote(new_tag)
     return new_tag, conversion
@@ -200,3 +201,11 @@ def add_cli(subparsers) -> None:
     p.add_argument("--manifest", type=Path, help="split manifest whose test photos check the conversion "
                                                   "(default: the version's recorded one, when still present)")
     p.set_defaults(func=_convert_cli)
+
+
+def _kept_files(source: Any) -> dict[str, Path]:
+    """The files stored beside the source version's model (its HTML report, test predictions) to copy along."""
+    from training.report import PREDICTIONS_FILE, REPORT_HTML
+
+    return {name: Path(source.path) / name for name in (REPORT_HTML, PREDICTIONS_FILE)
+            if (Path(source.path) / name).exists()}

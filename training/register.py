@@ -29,6 +29,7 @@ from pathlib import Path
 
 from glasses.config import CLASS_MAP, CLASS_NAMES, POSITIVE_CLASS, REPO_ROOT
 from glasses.preprocessing import PREPROCESSING_VERSION
+from training import acceleration
 from training.cli import UserError
 from training.exclusions import manifest_exclusions
 
@@ -178,6 +179,7 @@ def build_metadata(summary: dict, report: dict, *, gate: GateDecision, forced: b
         "output": "sigmoid P(glasses), input float32 (size, size, 3) in [0, 1]",
         "training_wall_time_s": summary.get("training_wall_time_s"),
         "search_wall_time_s": summary.get("search_wall_time_s"),
+        "training_hardware": acceleration.hardware_summary(summary.get("acceleration")),
         "library_versions": library_versions(),
         "git_commit": git_commit(),
         "gate": gate.as_dict(),
@@ -196,6 +198,7 @@ def register(run_dir: str | Path, *, force: bool = False, promote: bool = True) 
     from glasses.monitoring import record_probe
     from training import convert
     from training.evaluate import REPORT_FILE
+    from training.report import PREDICTIONS_FILE, REPORT_HTML
     from training.tune import read_tune_summary
 
     run_dir = Path(run_dir)
@@ -228,7 +231,8 @@ def register(run_dir: str | Path, *, force: bool = False, promote: bool = True) 
         "data": summary["data_fingerprint"][:12],
         "run": run_dir.name,
     }
-    tag = registry.save_version(model, metadata=metadata, labels=labels, litert=conversion.tflite)
+    kept = {name: run_dir / name for name in (REPORT_HTML, PREDICTIONS_FILE) if (run_dir / name).exists()}
+    tag = registry.save_version(model, metadata=metadata, labels=labels, litert=conversion.tflite, files=kept)
     (run_dir / "registered.json").write_text(json.dumps({"tag": tag, "gate": gate.as_dict()}, indent=2))
     forced = force and not gate.passed
     promoted, why = False, "forced past the gate" if forced else "--no-promote"

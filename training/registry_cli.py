@@ -1,7 +1,7 @@
 """`glasses-train registry ...`: manage the model versions in the store and which one is served.
 
     list [--json]       every version, newest first: key test metrics, test-set size and source, aliases
-    show TAG            labels and metadata of one version
+    show TAG [--report] labels and metadata of one version; its HTML evaluation report
     promote TAG [--note]   production = TAG: every running worker serves it within seconds
     rollback [--note]      production back to its previous target (repeat: further back)
     alias set NAME TAG [--traffic 0.1 | --shadow] [--note]   candidate: a canary share or a shadow
@@ -60,6 +60,11 @@ def _list(args: argparse.Namespace) -> None:
 def _show(args: argparse.Namespace) -> None:
     from glasses import registry
 
+    if args.report:
+        from training.report import version_report
+
+        print(f"report: {version_report(args.tag, args.out)}")
+        return
     print(json.dumps(registry.describe(args.tag), indent=2, default=str))
 
 
@@ -178,7 +183,11 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     sub = r.add_subparsers(dest="action", required=True)
     ls = sub.add_parser("list", help="versions with key metrics; * = promoted")
     ls.add_argument("--json", action="store_true")
-    sub.add_parser("show", help="labels and metadata of one version").add_argument("tag")
+    show = sub.add_parser("show", help="labels and metadata of one version; --report writes its HTML report")
+    show.add_argument("tag")
+    show.add_argument("--report", action="store_true",
+                      help="write the version's evaluation report (HTML) and print its path")
+    show.add_argument("--out", type=Path, help="where to write the report (default artifacts/reports/NAME-VERSION.html)")
     pr = sub.add_parser("promote", help="point production at this version (every running worker follows)")
     pr.add_argument("tag")
     pr.add_argument("--note", help="why (recorded in the history)")
