@@ -210,9 +210,8 @@ def _pointer_file(name: str = POINTER_FILE) -> Path:
 @contextlib.contextmanager
 def _locked() -> Iterator[None]:
     """Exclusive lock for one registry write (blocks while another CLI call writes)."""
-    home = registry_dir()
-    home.mkdir(parents=True, exist_ok=True)
-    with open(home / "glasses_registry.lock", "a") as fh:  # closing the file releases the lock
+    registry_dir().mkdir(parents=True, exist_ok=True)
+    with open(_pointer_file("glasses_registry.lock"), "a") as fh:  # closing the file releases the lock
         fcntl.flock(fh, fcntl.LOCK_EX)
         yield
 
@@ -229,9 +228,8 @@ def read_aliases() -> dict[str, dict[str, Any]]:
                             f"`glasses-train registry promote TAG`") from None
     if not isinstance(state, dict) or not isinstance(state.get("aliases", {}), dict):
         raise RegistryError(f"the promotion pointer {path} is not a JSON object of aliases; fix or delete it")
-    aliases = {name: {"tag": entry["tag"], "traffic": float(entry.get("traffic") or 0.0),
-                      "shadow": bool(entry.get("shadow"))}
-               for name, entry in state.get("aliases", {}).items()}
+    aliases = {name: {"tag": e["tag"], "traffic": float(e.get("traffic") or 0.0), "shadow": bool(e.get("shadow"))}
+               for name, e in state.get("aliases", {}).items()}
     if PRODUCTION not in aliases and state.get("promoted"):
         aliases[PRODUCTION] = {"tag": state["promoted"], "traffic": 0.0, "shadow": False}
     return aliases
@@ -275,8 +273,7 @@ def set_alias(name: str, tag: str | None, *, traffic: float = 0.0, shadow: bool 
                  "alias": name, "from": before, "to": full, "traffic": traffic, "shadow": shadow,
                  "by": _who(), "note": note}
         with open(_pointer_file(HISTORY_FILE), "a") as fh:
-            fh.write(json.dumps(entry) + "\n")
-            fh.flush()
+            print(json.dumps(entry), file=fh, flush=True)
             os.fsync(fh.fileno())
     return entry
 
@@ -301,10 +298,8 @@ def rollback(note: str | None = None) -> dict[str, Any]:
             undone += 1
         elif undone:
             undone -= 1
-        elif entry.get("from"):
+        elif entry.get("from"):  # only the very first production move has none
             return set_alias(PRODUCTION, entry["from"], note=note, action="rollback")
-        else:
-            break
     raise RegistryError("nothing to roll back to: production has no earlier target in the history")
 
 
