@@ -28,7 +28,7 @@ import numpy as np
 import requests
 
 from glasses.config import BUNDLED_MODEL_FILE, LOADTEST_DIR, MODEL_NAME
-from loadtests.bench import machine
+from glasses.machine import banner, describe
 from loadtests.images import generate_images, load_images
 from loadtests.server import Server, bentoml_command, free_port
 
@@ -105,7 +105,7 @@ def one_swap(load: Load, old: str, new: str, wait: float) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    report = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(), "workers": args.workers,
+    report = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": describe(), "workers": args.workers,
               "users": args.users, "loadavg_before": os.getloadavg()}
     uploads = [u for u in load_images(generate_images(LOADTEST_DIR / "images")) if u.name.endswith(".jpg")]
     with tempfile.TemporaryDirectory(prefix="glasses-swap-") as tmp:
@@ -131,8 +131,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def format_report(r: dict) -> str:
-    m = r["machine"]
-    lines = [f"swap benchmark {r['date']}: {m['cpu']} ({m['cores']} cores), {r['workers']} workers, "
+    lines = [banner(r["machine"]), f"swap benchmark {r['date']}: {r['workers']} workers, "
              f"{r['users']} users back to back, bundled model on {r['runtime']}; load average before "
              f"{' / '.join(f'{x:.2f}' for x in r['loadavg_before'])}, after "
              f"{' / '.join(f'{x:.2f}' for x in r['loadavg_after'])}",
