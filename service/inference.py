@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from glasses import preprocessing
+from glasses import calibration, preprocessing
 from glasses.config import CLASS_NAMES
 
 logger = logging.getLogger(__name__)
@@ -49,11 +49,12 @@ def decode_upload(data: bytes, size: int) -> np.ndarray:
 class Classifier:
     """A Keras model behind one compiled `tf.function` with a fixed input signature."""
 
-    def __init__(self, model_file: Path, image_size: int) -> None:
+    def __init__(self, model_file: Path, image_size: int, calibration: dict | None = None) -> None:
         import keras
         import tensorflow as tf
 
         self.image_size = image_size
+        self.calibration = calibration  # glasses.calibration: fitted on validation, stored with the version
         self.model = keras.saving.load_model(model_file, compile=False, safe_mode=True)
         expected = (None, image_size, image_size, 3)
         if tuple(self.model.input_shape) != expected:
@@ -70,8 +71,8 @@ class Classifier:
         self._probabilities = probabilities
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 (N, S, S, 3) -> float32 P(glasses) (N,)."""
-        return self._probabilities(pixels).numpy()
+        """uint8 (N, S, S, 3) -> float32 calibrated P(glasses) (N,)."""
+        return calibration.apply(self._probabilities(pixels).numpy(), self.calibration)
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1, 8, 64)) -> None:
         """Trace the graph and touch each batch-size regime once, so the first request is not slow."""

@@ -96,7 +96,7 @@ class GlassesService:
         check_servable(self.card)
         self.tag = self.card["tag"]
         self.threshold = self.card["threshold"]
-        self.classifier = Classifier(Path(self.bento_model.path_of(MODEL_FILE)), IMAGE_SIZE)
+        self.classifier = Classifier(Path(self.bento_model.path_of(MODEL_FILE)), IMAGE_SIZE, self.card["calibration"])
         self.classifier.warm_up((1, 8, SERVE_MAX_BATCH_SIZE))
         self._batch_infer: BatchInfer | None = None
         self._decode_limiter: anyio.CapacityLimiter | None = None

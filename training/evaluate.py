@@ -21,9 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
+from glasses.calibration import apply as apply_calibration
 from glasses.config import BATCH_SIZE, CLASS_NAMES, DEFAULT_THRESHOLD, POSITIVE_CLASS
 from glasses.files import file_sha256
+from glasses.preprocessing import rescale
+from training.calibrate import DIAGRAM_FILE, calibration_report, plot_reliability
 from training.cli import UserError
+from training.robustness import robustness
 
 EPSILON = 1e-7  # Keras' clipping for binary cross-entropy
 REPORT_FILE = "evaluation.json"
@@ -161,42 +165,30 @@ def evaluate(
     out_dir: str | Path | None = None,
     batch_size: int = BATCH_SIZE,
     title: str = "",
+    calibration: str | None = "platt",
+    robust: bool = True,
 ) -> dict:
     """Evaluate `model` (a keras.Model or a .keras path) on the test split; write the report if out_dir.
 
-    threshold: a number, "0.5", or "val_balanced_accuracy" (chosen on the validation split).
-    Returns the report dict (metrics under "metrics", the threshold and how it was chosen under
-    "threshold"); with out_dir, also writes evaluation.json and learning_curves.png there.
-    """
-    import keras
-
+    threshold: a number, "0.5" or "val_balanced_accuracy" (on the calibrated validation split);
+    calibration: "platt" | "temperature" (fitted on validation) | None; robust: also score the
+    conditions of training/robustness.py (robustness.json/.md). Returns the report dict; with out_dir
+    also writes evaluation.json, learning_curves.png and reliability.png there."""
     from training.data import manifest_hash, read_manifest
 
-    model_sha256 = None  # identifies the evaluated file, so `register` can check the report is its own
-    if isinstance(model, (str, Path)):
-        model_path = Path(model)
-        if not model_path.exists():
-            raise UserError(f"model {model_path} does not exist")
-        model_sha256 = file_sha256(model_path)
-        model = keras.saving.load_model(model_path, compile=False)
+    model, model_sha256 = _load_model(model)
     manifest_path = Path(manifest_path)
     if not manifest_path.exists():
         raise UserError(f"manifest {manifest_path} does not exist")
     manifest = read_manifest(manifest_path)
     started = time.monotonic()
-    val_true, val_prob = predict_split(model, manifest_path, "val", batch_size)
-    if str(threshold) == "val_balanced_accuracy":
-        value = choose_threshold(val_true, val_prob)
-        method = f"maximises balanced accuracy on the validation split (n={len(val_true)})"
-    else:
-        try:
-            value = float(threshold)
-        except ValueError:
-            raise UserError(f"threshold must be a number or val_balanced_accuracy, got {threshold!r}") from None
-        method = "fixed" if value != DEFAULT_THRESHOLD else "fixed at 0.5 (default)"
-    test_true, test_prob = predict_split(model, manifest_path, "test", batch_size)
+    val_true, val_raw = predict_split(model, manifest_path, "val", batch_size)
+    test_true, test_raw = predict_split(model, manifest_path, "test", batch_size)
     if len(test_true) == 0:
         raise UserError(f"the test split of {manifest_path} is empty")
+    fitted, ece = calibration_report(val_true, val_raw, test_true, test_raw, calibration)
+    val_prob, test_prob = apply_calibration(val_raw, fitted), apply_calibration(test_raw, fitted)
+    value, method = resolve_threshold(threshold, val_true, val_prob)
     report = {
         "split": "test",
         "positive_class": POSITIVE_CLASS,
@@ -204,22 +196,69 @@ def evaluate(
         "threshold": {"value": value, "method": method},
         "metrics": binary_metrics(test_true, test_prob, value),
         "validation_metrics": binary_metrics(val_true, val_prob, value) if len(val_true) else None,
+        "calibration": fitted,
+        "ece": ece,
         "manifest_path": str(manifest_path.resolve()),
         "manifest_hash": manifest_hash(manifest_path),
         "data_fingerprint": manifest["fingerprint"],
         "image_size": int(manifest["size"]),
         "params": int(model.count_params()),
         "model_sha256": model_sha256,
-        "seconds": round(time.monotonic() - started, 3),
     }
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        curves = plot_learning_curves(history or {}, out_dir / CURVES_FILE, title)
-        report["learning_curves"] = str(curves) if curves else None
+        report |= _figures(out_dir, history, title, test_true, test_raw, test_prob)
+    if robust:
+        report["robustness"] = robustness(served_predictor(model, fitted, batch_size), manifest_path, value,
+                                          out_dir=out_dir)["conditions"]
+    report["seconds"] = round(time.monotonic() - started, 3)
+    if out_dir is not None:
         report["report_path"] = str(out_dir / REPORT_FILE)
         (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2))
     return report
+
+
+def _figures(out_dir: Path, history: dict | None, title: str, y: np.ndarray, raw: np.ndarray,
+             calibrated: np.ndarray) -> dict:
+    """Learning curves and the test split's reliability diagram in out_dir; their paths."""
+    curves = plot_learning_curves(history or {}, out_dir / CURVES_FILE, title)
+    return {"learning_curves": str(curves) if curves else None,
+            "reliability_diagram": str(plot_reliability(y, raw, calibrated, out_dir / DIAGRAM_FILE))}
+
+
+def _load_model(model) -> tuple:
+    """(keras model, sha256 of its file or None) for a keras.Model or a .keras path."""
+    import keras
+
+    if not isinstance(model, (str, Path)):
+        return model, None
+    model_path = Path(model)
+    if not model_path.exists():
+        raise UserError(f"model {model_path} does not exist")
+    # the file's hash identifies the evaluated model, so `register` can check the report is its own
+    return keras.saving.load_model(model_path, compile=False), file_sha256(model_path)
+
+
+def resolve_threshold(threshold: str | float, val_true: np.ndarray, val_prob: np.ndarray) -> tuple[float, str]:
+    """(value, how it was chosen): a fixed number, or the best balanced accuracy on validation."""
+    if str(threshold) == "val_balanced_accuracy":
+        return choose_threshold(val_true, val_prob), f"maximises balanced accuracy on the validation split (n={len(val_true)})"
+    try:
+        value = float(threshold)
+    except ValueError:
+        raise UserError(f"threshold must be a number or val_balanced_accuracy, got {threshold!r}") from None
+    return value, "fixed" if value != DEFAULT_THRESHOLD else "fixed at 0.5 (default)"
+
+
+def served_predictor(model, calibration: dict | None, batch_size: int = BATCH_SIZE):
+    """uint8 pixels (N, S, S, 3) -> calibrated P(glasses) (N,), as the service computes it (x / 255,
+    the model, glasses.calibration.apply)."""
+    def predict(pixels: np.ndarray) -> np.ndarray:
+        raw = model.predict(rescale(pixels), batch_size=batch_size, verbose=0).reshape(-1)
+        return apply_calibration(raw.astype(np.float64), calibration)
+
+    return predict
 
 
 def evaluate_run(run_dir: str | Path, *, threshold: str | float | None = None) -> dict:
@@ -239,6 +278,7 @@ def evaluate_run(run_dir: str | Path, *, threshold: str | float | None = None) -
         out_dir=run_dir,
         batch_size=profile.get("batch_size", BATCH_SIZE),
         title=f"{profile['name']} profile, objective {profile['objective']}",
+        calibration=profile.get("calibration", "platt"),
     )
 
 
