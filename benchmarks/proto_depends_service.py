@@ -16,8 +16,8 @@ import bentoml
 import numpy as np
 from starlette.responses import JSONResponse
 
-from glasses.config import DECODE_THREADS, SERVE_MAX_BATCH_SIZE, SERVE_MAX_LATENCY_MS
-from service.inference import MODEL_FILE, Classifier, UploadError, decode_upload, verdict
+from glasses.config import DECODE_THREADS, MODEL_FILE, SERVE_MAX_BATCH_SIZE, SERVE_MAX_LATENCY_MS
+from service.inference import Classifier, UploadError, decode_upload, verdict
 from service.service import IMAGE_SIZE, MODEL_TAG, _refuse
 from service.uploads import ImageUpload, read_uploads
 

@@ -31,6 +31,7 @@ BUNDLED_MODEL_FILE = REPO_ROOT / "models" / "glasses_classifier.bentomodel"
 
 # --- registry -----------------------------------------------------------------------------------
 MODEL_NAME = "glasses_classifier"
+MODEL_FILE = "model.keras"  # the Keras file inside a stored version and a run directory
 MODEL_ENV_VAR = "GLASSES_MODEL"  # a tag such as glasses_classifier:abc123 overrides the promoted one
 DEFAULT_THRESHOLD = 0.5
 

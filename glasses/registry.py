@@ -1,19 +1,20 @@
-"""Read side of the model registry, shared by the service and the training CLI.
+"""The model registry: every read and write of the model store goes through this module.
 
 The registry is a BentoML model store (`$BENTOML_HOME`, default `~/bentoml`): every registered
 model is a `glasses_classifier:<version>` holding `model.keras` plus metadata. Which version is
-*promoted* (served by default) is recorded in `$BENTOML_HOME/glasses_registry.json`, beside the
-store, so BentoML's own `bentoml models ...` commands keep working unchanged.
+*promoted* (served by default) is recorded in a pointer file, `$BENTOML_HOME/glasses_registry.json`,
+beside the store, so BentoML's own `bentoml models ...` commands keep working unchanged.
 
-Which model the service serves: env GLASSES_MODEL, else the promoted version, else the newest.
-What a version is (`model_card`: GET /model shows it) and whether this code can score it
-(`check_servable`) are decided here too, once, for the service and `glasses-train compare`.
+    store:    save_version, import_version, export_version, list_models, list_versions, get_model
+    pointer:  promote, promoted_tag, resolve_tag (GLASSES_MODEL > promoted > newest > bundled)
+    versions: model_card (what GET /model shows), check_servable (can this code score it?)
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -27,37 +28,79 @@ from glasses.config import (
     DEFAULT_THRESHOLD,
     IMAGE_SIZE,
     MODEL_ENV_VAR,
+    MODEL_FILE,
     MODEL_NAME,
     POSITIVE_CLASS,
 )
 from glasses.files import UserError, write_json_atomic
 
 
+# Key metrics `list_versions` shows for every version.
+KEY_METRICS = ("accuracy", "balanced_accuracy", "roc_auc", "f1", "loss")
+POINTER_FILE = "glasses_registry.json"
+
+
 class RegistryError(UserError):
     """A registry operation that cannot be done; the message says why in one line."""
 
 
+# --- where the store is -------------------------------------------------------------------------
 def bentoml_home() -> Path:
     """The BentoML home holding the model store (BENTOML_HOME or ~/bentoml)."""
     return Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml").expanduser()
 
 
-def _pointer_file() -> Path:
-    return bentoml_home() / "glasses_registry.json"
+def store_dir() -> Path:
+    """Where the versions of MODEL_NAME live inside the store."""
+    return bentoml_home() / "models" / MODEL_NAME
 
 
-def _read_pointer() -> dict:
-    path = _pointer_file()
-    if not path.exists():
-        return {"promoted": None, "history": []}
+# --- the store ----------------------------------------------------------------------------------
+def save_version(model: Any, *, metadata: dict[str, Any], labels: dict[str, Any]) -> str:
+    """Save a keras.Model as a new `glasses_classifier` version; returns its tag. All or nothing:
+    BentoML copies into the store only when the block exits cleanly."""
+    labels = {str(k): str(v) for k, v in labels.items()}
+    tmp_path = None
     try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise RegistryError(f"cannot read the promotion pointer {path} ({exc}); fix or delete it, then "
-                            f"`glasses-train registry promote TAG`") from None
-    if not isinstance(state, dict):
-        raise RegistryError(f"the promotion pointer {path} is not a JSON object; fix or delete it")
-    return state
+        with bentoml.models.create(MODEL_NAME, labels=labels, metadata=metadata) as ctx:
+            tmp_path = Path(ctx.path)
+            model.save(ctx.path_of(MODEL_FILE))
+        return str(ctx.tag)
+    finally:
+        if tmp_path is not None and tmp_path.exists():  # BentoML leaves its temp dir behind
+            shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def import_version(path: str | Path) -> str:
+    """Import a `.bentomodel` archive into the store; returns its tag (not promoted)."""
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise RegistryError(f"{path} does not exist")
+    try:
+        return str(bentoml.models.import_model(str(path)).tag)
+    except bentoml.exceptions.BentoMLException as exc:
+        raise RegistryError(f"cannot import {path}: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # tarfile/yaml errors for a corrupt archive
+        raise RegistryError(f"cannot import {path}: not a valid .bentomodel archive ({type(exc).__name__})") from None
+
+
+def import_bundled_model(path: Path = BUNDLED_MODEL_FILE) -> str:
+    """Import the bundled default `.bentomodel` into the store and return its tag (the store must not
+    hold that version yet: `resolve_tag` calls this only for an empty store)."""
+    if not path.exists():
+        raise RegistryError(f"bundled model {path} is missing")
+    return import_version(path)
+
+
+def export_version(tag: str, path: str | Path) -> Path:
+    """Write one version to a `.bentomodel` archive."""
+    model = get_model(tag)
+    path = Path(path).resolve()  # bentoml resolves relative paths against "/", not the cwd
+    if path.suffix != ".bentomodel":
+        raise RegistryError(f"export file must end in .bentomodel, got {path.name}")
+    if not path.parent.exists():
+        raise RegistryError(f"directory {path.parent} does not exist")
+    return Path(bentoml.models.export_model(str(model.tag), str(path)))
 
 
 def list_models() -> list[bentoml.Model]:
@@ -78,6 +121,55 @@ def get_model(tag: str) -> bentoml.Model:
         raise RegistryError(f"no model {full!r} in the store at {bentoml_home()}") from None
     except (bentoml.exceptions.BentoMLException, ValueError) as exc:  # a malformed tag
         raise RegistryError(f"{tag!r} is not a valid model tag: {str(exc).splitlines()[0]}") from None
+
+
+def version_summary(model: bentoml.Model) -> dict[str, Any]:
+    """Key facts of one stored version (a row of `registry list`)."""
+    meta = model.info.metadata
+    metrics = meta.get("metrics", {})
+    return {
+        "tag": str(model.tag),
+        "created": model.info.creation_time.isoformat(timespec="seconds"),
+        "profile": meta.get("tuner", {}).get("profile") or model.info.labels.get("profile"),
+        **{m: metrics.get(m) for m in KEY_METRICS},
+        "threshold": meta.get("threshold"),
+        "image_size": meta.get("image_size"),
+        "manifest": (meta.get("split_manifest_hash") or "")[:12],
+        "forced": model.info.labels.get("forced") == "true",
+    }
+
+
+def list_versions() -> list[dict[str, Any]]:
+    """Every stored version, newest first, with `promoted` marked."""
+    promoted = promoted_tag()
+    return [version_summary(m) | {"promoted": str(m.tag) == promoted} for m in list_models()]
+
+
+def describe(tag: str) -> dict[str, Any]:
+    """Everything stored about one version: tag, path, creation time, promoted, labels, metadata."""
+    model = get_model(tag)
+    return {"tag": str(model.tag), "path": model.path, "created": model.info.creation_time.isoformat(),
+            "promoted": str(model.tag) == promoted_tag(), "labels": model.info.labels,
+            "metadata": model.info.metadata}
+
+
+# --- the promotion pointer ----------------------------------------------------------------------
+def _pointer_file() -> Path:
+    return bentoml_home() / POINTER_FILE
+
+
+def _read_pointer() -> dict:
+    path = _pointer_file()
+    if not path.exists():
+        return {"promoted": None, "history": []}
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RegistryError(f"cannot read the promotion pointer {path} ({exc}); fix or delete it, then "
+                            f"`glasses-train registry promote TAG`") from None
+    if not isinstance(state, dict):
+        raise RegistryError(f"the promotion pointer {path} is not a JSON object; fix or delete it")
+    return state
 
 
 def promoted_tag() -> str | None:
@@ -103,15 +195,6 @@ def promote(tag: str) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, state, indent=2)  # readers see the old or the new pointer, never half of one
     return full
-
-
-def import_bundled_model(path: Path = BUNDLED_MODEL_FILE) -> str:
-    """Import the bundled default `.bentomodel` into the store and return its tag (the store must not
-    hold that version yet: `resolve_tag` calls this only for an empty store)."""
-    if not path.exists():
-        raise RegistryError(f"bundled model {path} is missing")
-    model = bentoml.models.import_model(str(path))
-    return str(model.tag)
 
 
 def resolve_tag(import_default: bool = True) -> str:
@@ -194,3 +277,4 @@ def _positive_index(class_map: dict) -> int | None:
     except (TypeError, ValueError):
         pass
     return None
+

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from glasses.config import BUNDLED_MODEL_FILE, CLASS_MAP, DEFAULT_THRESHOLD, IMAGE_SIZE, LOADTEST_DIR, SEED
+from glasses.config import BUNDLED_MODEL_FILE, CLASS_MAP, DEFAULT_THRESHOLD, IMAGE_SIZE, LOADTEST_DIR, MODEL_FILE, SEED
 from loadtests.images import Upload, generate_images, load_images, multipart_body
 from loadtests.run import run_locust
 from loadtests.server import Server, bentoml_command, free_port
@@ -63,16 +63,15 @@ def register_model(home: Path) -> tuple[str, Path, str]:
         import keras
 
         from training.models import PAPER_BEST_HYPERPARAMETERS, build_from_hyperparameters
-        from training.register import save_to_store
 
         keras.utils.set_random_seed(SEED)
         model = build_from_hyperparameters(PAPER_BEST_HYPERPARAMETERS)
         metadata = {"image_size": IMAGE_SIZE, "preprocessing_version": preprocessing.PREPROCESSING_VERSION,
                     "class_map": CLASS_MAP, "threshold": DEFAULT_THRESHOLD,
                     "hyperparameters": PAPER_BEST_HYPERPARAMETERS, "data_source": "none (seeded weights, benchmark)"}
-        tag = save_to_store(model, metadata=metadata, labels={"stage": "benchmark"})
+        tag = registry.save_version(model, metadata=metadata, labels={"stage": "benchmark"})
         source = f"paper's best CNN ({model.count_params():,} params), seeded weights"
-    return tag, Path(registry.get_model(tag).path_of("model.keras")), source
+    return tag, Path(registry.get_model(tag).path_of(MODEL_FILE)), source
 
 
 class Ceiling:

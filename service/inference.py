@@ -22,9 +22,6 @@ from glasses.config import CLASS_NAMES
 
 logger = logging.getLogger(__name__)
 
-MODEL_FILE = "model.keras"
-
-
 class UploadError(ValueError):
     """A client fault in a request; `status` is the HTTP status to answer with."""
 

@@ -45,6 +45,7 @@ from starlette.routing import Route
 
 from glasses.config import (
     DECODE_THREADS,
+    MODEL_FILE,
     MAX_BATCH_IMAGES,
     MAX_REQUEST_BYTES,
     SERVE_DISPATCH,
@@ -55,7 +56,7 @@ from glasses.config import (
 )
 from glasses.registry import check_servable, model_card, resolve_tag
 from service.batching import BatchInfer, batch_entry
-from service.inference import MODEL_FILE, Classifier, UploadError, decode_upload, verdict
+from service.inference import Classifier, UploadError, decode_upload, verdict
 from service.uploads import (
     BodyLimitMiddleware,
     ImagesUpload,

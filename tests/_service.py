@@ -24,7 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from glasses.config import CLASS_MAP, IMAGE_SIZE, MODEL_NAME  # noqa: E402
+from glasses.config import CLASS_MAP, IMAGE_SIZE, MODEL_FILE  # noqa: E402
 from loadtests.server import Server, bentoml_command, free_port  # noqa: E402  (free_port re-exported)
 
 BENTOML_BIN = Path(sys.executable).parent / "bentoml"
@@ -63,8 +63,6 @@ def build_model(seed: int = 0, image_size: int = IMAGE_SIZE) -> Any:
 
 def _register_here(seed: int, threshold: float, image_size: int, promote: bool, metrics: dict | None) -> dict:
     """Create a model version in the current process's BentoML store (see `register_model`)."""
-    import bentoml
-
     from glasses import preprocessing, registry
 
     model = build_model(seed, image_size)
@@ -76,18 +74,15 @@ def _register_here(seed: int, threshold: float, image_size: int, promote: bool, 
         "preprocessing_version": preprocessing.PREPROCESSING_VERSION,
         "data_source": "synthetic:tests",
         "data_fingerprint": f"test-seed-{seed}",
-        "manifest_hash": f"test-seed-{seed}",
+        "split_manifest_hash": f"test-seed-{seed}",
         "hyperparameters": {"architecture": "paper-cnn-random", "seed": seed},
         "profile": "test",
         "objective": "val_accuracy",
     }
-    with bentoml.models.create(MODEL_NAME, labels={"stage": "test"}, metadata=metadata) as ctx:
-        model.save(ctx.path_of("model.keras"))
-    tag = str(ctx.tag)
+    tag = registry.save_version(model, metadata=metadata, labels={"stage": "test"})
     if promote:
         registry.promote(tag)
-    stored = bentoml.models.get(tag)
-    return {"tag": tag, "model_file": stored.path_of("model.keras")}
+    return {"tag": tag, "model_file": registry.get_model(tag).path_of(MODEL_FILE)}
 
 
 def register_model(
@@ -120,7 +115,7 @@ def register_model(
 def model_file(home: Path, tag: str) -> Path:
     """Where the registered model's Keras file lives in the store at `home`."""
     name, version = tag.split(":")
-    return home / "models" / name / version / "model.keras"
+    return home / "models" / name / version / MODEL_FILE
 
 
 # --- server -------------------------------------------------------------------------------------

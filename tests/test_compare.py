@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import keras
-import numpy as np
 import pytest
 
 from glasses import preprocessing, registry
@@ -15,7 +14,6 @@ from training.cli import UserError
 from training.compare import compare, format_comparison, mcnemar_exact
 from training.data import load_split
 from training.evaluate import binary_metrics
-from training.register import save_to_store
 
 from _training import TINY_SIZE, cli_env, glasses_train, private_store, tiny_manifest, tiny_source
 
@@ -32,7 +30,7 @@ def store_version(model: keras.Model, threshold: float, *, version: str = prepro
                   manifest: Path | None = None) -> str:
     metadata = {"image_size": model.input_shape[1], "threshold": threshold, "class_map": dict(CLASS_MAP),
                 "preprocessing_version": version, **({"split_manifest_path": str(manifest)} if manifest else {})}
-    return save_to_store(model, metadata=metadata, labels={"stage": "test"})
+    return registry.save_version(model, metadata=metadata, labels={"stage": "test"})
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 
 from glasses import registry
+from glasses.registry import export_version, import_version, save_version
 from glasses.config import MODEL_NAME
 from glasses.preprocessing import PREPROCESSING_VERSION
 from training.cli import UserError, main
 from training.data import load_split, manifest_hash
-from training.register import check_gate, export_version, import_version, register, save_to_store
+from training.register import check_gate, register
 
 from _training import REPO, private_store, tiny_manifest, write_run_dir
 
@@ -124,7 +125,7 @@ def test_registry_errors_are_one_line(store, capsys):
 
 
 def test_crash_mid_registration_leaves_nothing(store, monkeypatch):
-    import bentoml._internal.models.model as bentoml_model
+    import tempfile
 
     class Exploding:
         def save(self, path):
@@ -132,10 +133,10 @@ def test_crash_mid_registration_leaves_nothing(store, monkeypatch):
             raise OSError("disk full")
 
     made = []
-    real_mkdtemp = bentoml_model.tempfile.mkdtemp
-    monkeypatch.setattr(bentoml_model.tempfile, "mkdtemp", lambda **kw: made.append(real_mkdtemp(**kw)) or made[-1])
+    real_mkdtemp = tempfile.mkdtemp  # BentoML makes the new version's temp dir with it
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda **kw: made.append(real_mkdtemp(**kw)) or made[-1])
     with pytest.raises(OSError, match="disk full"):
-        save_to_store(Exploding(), metadata={"x": 1}, labels={})
+        save_version(Exploding(), metadata={"x": 1}, labels={})
     assert registry.list_models() == []
     assert not any((store / "models").rglob("model.keras"))
     assert len(made) == 1 and not Path(made[0]).exists()  # BentoML's temp dir cleaned up

@@ -21,6 +21,7 @@ STAGES = (
     "training.tune",
     "training.evaluate",
     "training.register",
+    "training.registry_cli",
     "training.compare",
     "training.run",
     "training.experiments",

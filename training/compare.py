@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from glasses import calibration
-from glasses.config import WORK_DIR
+from glasses.config import MODEL_FILE, WORK_DIR
 from training.cli import UserError
 
 SHOWN_METRICS = ("roc_auc", "balanced_accuracy", "accuracy", "precision", "recall", "f1", "loss")
@@ -61,7 +61,7 @@ def score_version(tag: str, source: str, *, split: str = "test", work_dir: str |
     if seen:
         raise UserError(f"{stored.tag} was trained or validated on {seen} of these {len(ids)} {split} photos "
                         f"(its split manifest {meta['split_manifest_path']}): its scores here would be inflated")
-    model = keras.saving.load_model(stored.path_of("model.keras"), compile=False)
+    model = keras.saving.load_model(stored.path_of(MODEL_FILE), compile=False)
     labels, raw = predict_split(model, manifest_path, split)
     probs = calibration.apply(raw, card["calibration"])  # as the service answers
     if len(labels) == 0:

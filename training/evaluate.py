@@ -14,7 +14,6 @@ functions serve the registry, the experiments table and anyone checking a model 
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path

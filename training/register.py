@@ -7,32 +7,24 @@
          (serving it takes an explicit `registry promote`)
       -> the report must be the run's own: made from this model.keras (sha256) on the manifest it
          was tuned on (a re-tuned run with an old evaluation.json is refused)
-      -> bentoml.models.create(MODEL_NAME, labels, metadata) as ctx; model.save(ctx.path_of("model.keras"))
-         (atomic: BentoML copies into the store only when the block exits cleanly; on an exception
-         nothing reaches the store and the temporary directory is removed)
-      -> promote (pointer file beside the store, see glasses/registry.py) unless told not to
+      -> glasses.registry.save_version (all or nothing) with lineage metadata and labels
+      -> promote (glasses.registry.promote) unless told not to
 
-`glasses-train registry list|show|promote|export|import` manage the store; BentoML's own
-`bentoml models list/get/export/import` work on the same store ($BENTOML_HOME).
+Managing the stored versions is `glasses-train registry` (training/registry_cli.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
-import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from glasses.config import CLASS_MAP, CLASS_NAMES, MODEL_NAME, POSITIVE_CLASS, REPO_ROOT
+from glasses.config import CLASS_MAP, CLASS_NAMES, POSITIVE_CLASS, REPO_ROOT
 from glasses.preprocessing import PREPROCESSING_VERSION
 from training.cli import UserError
-
-KEY_METRICS = ("accuracy", "balanced_accuracy", "roc_auc", "f1", "loss")
 
 
 @dataclass
@@ -193,22 +185,6 @@ def _robustness_summary(conditions: dict | None) -> dict | None:
             for name, row in conditions.items()}
 
 
-def save_to_store(model, *, metadata: dict, labels: dict[str, str]) -> str:
-    """Save a keras.Model as a new `glasses_classifier` version; returns its tag. All or nothing."""
-    import bentoml
-
-    labels = {str(k): str(v) for k, v in labels.items()}
-    tmp_path = None
-    try:
-        with bentoml.models.create(MODEL_NAME, labels=labels, metadata=metadata) as ctx:
-            tmp_path = Path(ctx.path)
-            model.save(ctx.path_of("model.keras"))
-        return str(ctx.tag)
-    finally:
-        if tmp_path is not None and tmp_path.exists():  # BentoML leaves its temp dir behind
-            shutil.rmtree(tmp_path, ignore_errors=True)
-
-
 def register(run_dir: str | Path, *, force: bool = False, promote: bool = True) -> RegisterResult:
     """Gate, register (and promote) the model of a tuned + evaluated run directory.
 
@@ -247,7 +223,7 @@ def register(run_dir: str | Path, *, force: bool = False, promote: bool = True) 
         "data": summary["data_fingerprint"][:12],
         "run": run_dir.name,
     }
-    tag = save_to_store(model, metadata=metadata, labels=labels)
+    tag = registry.save_version(model, metadata=metadata, labels=labels)
     (run_dir / "registered.json").write_text(json.dumps({"tag": tag, "gate": gate.as_dict()}, indent=2))
     forced = force and not gate.passed
     if promote and not forced:
@@ -255,139 +231,23 @@ def register(run_dir: str | Path, *, force: bool = False, promote: bool = True) 
     return RegisterResult(tag=tag, promoted=promote and not forced, forced=forced, gate=gate)
 
 
-# --- registry management ------------------------------------------------------------------------
-
-
-def model_summary(model) -> dict:
-    """Key facts of one stored version (for `registry list`)."""
-    meta = model.info.metadata
-    metrics = meta.get("metrics", {})
-    return {
-        "tag": str(model.tag),
-        "created": model.info.creation_time.isoformat(timespec="seconds"),
-        "profile": meta.get("tuner", {}).get("profile") or model.info.labels.get("profile"),
-        **{m: metrics.get(m) for m in KEY_METRICS},
-        "threshold": meta.get("threshold"),
-        "image_size": meta.get("image_size"),
-        "manifest": (meta.get("split_manifest_hash") or "")[:12],
-        "forced": model.info.labels.get("forced") == "true",
-    }
-
-
-def list_versions() -> list[dict]:
-    """Every stored version, newest first, with `promoted` marked."""
-    from glasses import registry
-
-    promoted = registry.promoted_tag()
-    return [model_summary(m) | {"promoted": str(m.tag) == promoted} for m in registry.list_models()]
-
-
-def export_version(tag: str, path: str | Path) -> Path:
-    """Write one version to a `.bentomodel` archive."""
-    import bentoml
-
-    from glasses import registry
-
-    model = registry.get_model(tag)
-    path = Path(path).resolve()  # bentoml resolves relative paths against "/", not the cwd
-    if path.suffix != ".bentomodel":
-        raise UserError(f"export file must end in .bentomodel, got {path.name}")
-    if not path.parent.exists():
-        raise UserError(f"directory {path.parent} does not exist")
-    return Path(bentoml.models.export_model(str(model.tag), str(path)))
-
-
-def import_version(path: str | Path) -> str:
-    """Import a `.bentomodel` archive into the store; returns its tag (not promoted)."""
-    import bentoml
-
-    path = Path(path).resolve()
-    if not path.is_file():
-        raise UserError(f"{path} does not exist")
-    try:
-        return str(bentoml.models.import_model(str(path)).tag)
-    except bentoml.exceptions.BentoMLException as exc:
-        raise UserError(f"cannot import {path}: {str(exc).splitlines()[0]}") from None
-    except Exception as exc:  # tarfile/yaml errors for a corrupt archive
-        raise UserError(f"cannot import {path}: not a valid .bentomodel archive ({type(exc).__name__})") from None
-
-
 # --- CLI ----------------------------------------------------------------------------------------
 
 
-def _fmt(v) -> str:
-    return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
-
-
-def _registry_cli(args) -> int:
+def _register_cli(args) -> int:
     from glasses import registry
 
-    if args.action == "list":
-        rows = list_versions()
-        if args.json:
-            print(json.dumps(rows, indent=2))
-            return 0
-        if not rows:
-            print(f"no {MODEL_NAME} versions in {registry.bentoml_home()}")
-            return 0
-        cols = ("tag", "created", "profile", "accuracy", "balanced_accuracy", "roc_auc", "threshold", "manifest")
-        table = [[("* " if r["promoted"] else "  ") + r["tag"]] + [_fmt(r[c]) for c in cols[1:]] for r in rows]
-        widths = [max(len(x) for x in col) for col in zip(["  tag", *cols[1:]], *table)]
-        print("  ".join(h.ljust(w) for h, w in zip(["  tag", *cols[1:]], widths)))
-        for row in table:
-            print("  ".join(x.ljust(w) for x, w in zip(row, widths)))
-        print("(* = promoted: served by default)")
-    elif args.action == "show":
-        model = registry.get_model(args.tag)
-        info = {"tag": str(model.tag), "path": model.path, "created": model.info.creation_time.isoformat(),
-                "promoted": str(model.tag) == registry.promoted_tag(), "labels": model.info.labels,
-                "metadata": model.info.metadata}
-        print(json.dumps(info, indent=2, default=str))
-    elif args.action == "promote":
-        print(f"promoted {registry.promote(args.tag)}")
-    elif args.action == "export":
-        path = export_version(args.tag, args.file)
-        print(f"exported {registry.get_model(args.tag).tag} -> {path}")
-    elif args.action == "import":
-        print(f"imported {import_version(args.file)} (not promoted; `glasses-train registry promote TAG`)")
-    return 0
-
-
-def _register_cli(args) -> int:
     result = register(args.run_dir, force=args.force, promote=not args.no_promote)
-    print(f"registered {result.tag} in {_store_dir()} ({result.gate.reason}{'; FORCED' if result.forced else ''})")
+    print(f"registered {result.tag} in {registry.store_dir()} ({result.gate.reason}{'; FORCED' if result.forced else ''})")
     print(f"promoted: {'yes' if result.promoted else 'no'}"
           + (f" (forced past the gate: `glasses-train registry promote {result.tag}` to serve it)" if result.forced else ""))
     return 0
 
 
-def _store_dir() -> Path:
-    from glasses import registry
-
-    return registry.bentoml_home() / "models" / MODEL_NAME
-
-
 def add_cli(subparsers) -> None:
-    """`glasses-train register` and `glasses-train registry list|show|promote|export|import`."""
+    """`glasses-train register --run-dir D [--force] [--no-promote]`."""
     p = subparsers.add_parser("register", help="quality gate + save a run's model into the BentoML store")
     p.add_argument("--run-dir", required=True, type=Path, help="run directory (tune + evaluate done)")
     p.add_argument("--force", action="store_true", help="register even if the quality gate refuses (recorded)")
     p.add_argument("--no-promote", action="store_true", help="register without promoting")
     p.set_defaults(func=_register_cli)
-
-    r = subparsers.add_parser("registry", help="list / show / promote / export / import model versions",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = r.add_subparsers(dest="action", required=True)
-    ls = sub.add_parser("list", help="versions with key metrics; * = promoted")
-    ls.add_argument("--json", action="store_true")
-    sub.add_parser("show", help="labels and metadata of one version").add_argument("tag")
-    sub.add_parser("promote", help="serve this version by default (rollback = promote an older one)").add_argument("tag")
-    ex = sub.add_parser("export", help="write a version to a .bentomodel file")
-    ex.add_argument("tag")
-    ex.add_argument("file", type=Path)
-    sub.add_parser("import", help="import a .bentomodel file").add_argument("file", type=Path)
-    r.set_defaults(func=_registry_cli)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("use `glasses-train register` / `glasses-train registry`")

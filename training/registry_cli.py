@@ -1,0 +1,96 @@
+"""`glasses-train registry list|show|promote|export|import`: manage the model versions in the store.
+
+    list [--json]       every version, newest first, with key test metrics; * = promoted (served by default)
+    show TAG            labels and metadata of one version
+    promote TAG         serve this version by default (rollback = promote an older one)
+    export TAG FILE     write a version to a .bentomodel archive
+    import FILE         add a .bentomodel archive to the store (not promoted)
+
+The store is $BENTOML_HOME (default ~/bentoml); BentoML's own `bentoml models list/get/export/import`
+work on the same store. All store access is glasses/registry.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from glasses.config import MODEL_NAME
+
+LIST_COLUMNS = ("tag", "created", "profile", "accuracy", "balanced_accuracy", "roc_auc", "threshold", "manifest")
+
+
+def _fmt(v: Any) -> str:
+    return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def _list(args: argparse.Namespace) -> None:
+    from glasses import registry
+
+    rows = registry.list_versions()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        print(f"no {MODEL_NAME} versions in {registry.bentoml_home()}")
+        return
+    header = ["  tag", *LIST_COLUMNS[1:]]
+    table = [[("* " if r["promoted"] else "  ") + r["tag"]] + [_fmt(r[c]) for c in LIST_COLUMNS[1:]] for r in rows]
+    widths = [max(len(x) for x in col) for col in zip(header, *table)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    for row in table:
+        print("  ".join(x.ljust(w) for x, w in zip(row, widths)))
+    print("(* = promoted: served by default)")
+
+
+def _show(args: argparse.Namespace) -> None:
+    from glasses import registry
+
+    print(json.dumps(registry.describe(args.tag), indent=2, default=str))
+
+
+def _promote(args: argparse.Namespace) -> None:
+    from glasses import registry
+
+    print(f"promoted {registry.promote(args.tag)}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from glasses import registry
+
+    path = registry.export_version(args.tag, args.file)
+    print(f"exported {registry.get_model(args.tag).tag} -> {path}")
+
+
+def _import(args: argparse.Namespace) -> None:
+    from glasses import registry
+
+    print(f"imported {registry.import_version(args.file)} (not promoted; `glasses-train registry promote TAG`)")
+
+
+ACTIONS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "list": _list, "show": _show, "promote": _promote, "export": _export, "import": _import,
+}
+
+
+def _cli(args: argparse.Namespace) -> int:
+    ACTIONS[args.action](args)
+    return 0
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Register `glasses-train registry` and its actions."""
+    r = subparsers.add_parser("registry", help="list / show / promote / export / import model versions",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = r.add_subparsers(dest="action", required=True)
+    ls = sub.add_parser("list", help="versions with key metrics; * = promoted")
+    ls.add_argument("--json", action="store_true")
+    sub.add_parser("show", help="labels and metadata of one version").add_argument("tag")
+    sub.add_parser("promote", help="serve this version by default (rollback = promote an older one)").add_argument("tag")
+    ex = sub.add_parser("export", help="write a version to a .bentomodel file")
+    ex.add_argument("tag")
+    ex.add_argument("file", type=Path)
+    sub.add_parser("import", help="import a .bentomodel file").add_argument("file", type=Path)
+    r.set_defaults(func=_cli)
