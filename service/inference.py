@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from glasses import calibration, preprocessing
+from glasses import calibration as cal
+from glasses import preprocessing
 from glasses.config import CLASS_NAMES
 
 logger = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class Classifier:
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 (N, S, S, 3) -> float32 calibrated P(glasses) (N,)."""
-        return calibration.apply(self._probabilities(pixels).numpy(), self.calibration)
+        return cal.apply(self._probabilities(pixels).numpy(), self.calibration)
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1, 8, 64)) -> None:
         """Trace the graph and touch each batch-size regime once, so the first request is not slow."""

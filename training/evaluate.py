@@ -176,11 +176,9 @@ def evaluate(
     from training.data import manifest_hash, read_manifest
 
     model, model_sha256 = _load_model(model)
-    manifest_path = Path(manifest_path)
-    if not manifest_path.exists():
+    if not Path(manifest_path).exists():
         raise UserError(f"manifest {manifest_path} does not exist")
-    manifest = read_manifest(manifest_path)
-    started = time.monotonic()
+    manifest_path, manifest, started = Path(manifest_path), read_manifest(manifest_path), time.monotonic()
     val_true, val_raw = predict_split(model, manifest_path, "val", batch_size)
     test_true, test_raw = predict_split(model, manifest_path, "test", batch_size)
     if len(test_true) == 0:
@@ -260,7 +258,7 @@ def served_predictor(model, calibration: dict | None, batch_size: int = BATCH_SI
     return predict
 
 
-def evaluate_run(run_dir: str | Path, *, threshold: str | float | None = None) -> dict:
+def evaluate_run(run_dir: str | Path, *, threshold: str | float | None = None, robust: bool = True) -> dict:
     """Evaluate the model of a `glasses-train tune` run directory with the profile's threshold rule."""
     from training.tune import read_tune_summary
 
@@ -278,6 +276,7 @@ def evaluate_run(run_dir: str | Path, *, threshold: str | float | None = None) -
         batch_size=profile.get("batch_size", BATCH_SIZE),
         title=f"{profile['name']} profile, objective {profile['objective']}",
         calibration=profile.get("calibration", "platt"),
+        robust=robust,
     )
 
 
@@ -305,19 +304,27 @@ def add_cli(subparsers) -> None:
     p.add_argument("--out", type=Path, help="report directory (with --model; default: beside the model)")
     p.add_argument("--threshold", default=None,
                    help="a number, 0.5 or val_balanced_accuracy (default: the run's profile, else 0.5)")
+    p.add_argument("--no-robustness", action="store_true", help="skip the framings and conditions report")
     p.set_defaults(func=_cli)
 
 
 def _cli(args) -> int:
     if args.run_dir:
-        report = evaluate_run(args.run_dir, threshold=args.threshold)
+        report = evaluate_run(args.run_dir, threshold=args.threshold, robust=not args.no_robustness)
     elif args.model and args.manifest:
         report = evaluate(args.model, args.manifest, threshold=args.threshold or "0.5",
-                          out_dir=args.out or args.model.parent)
+                          out_dir=args.out or args.model.parent, robust=not args.no_robustness)
     else:
         raise UserError("give --run-dir, or --model and --manifest")
     print(f"test: {format_metrics(report['metrics'])}")
     print(f"threshold: {report['threshold']['value']:.4f} ({report['threshold']['method']})")
     print(f"report: {report.get('report_path')}")
     print(f"learning curves: {report.get('learning_curves')}")
+    ece = report["ece"]
+    print(f"calibration: {(report['calibration'] or {}).get('method', 'none')}; test ECE {ece['test']:.4f} "
+          f"(raw {ece['test_raw']:.4f}); reliability diagram: {report.get('reliability_diagram')}")
+    if report.get("robustness"):
+        from training.robustness import markdown_table
+
+        print(markdown_table({"threshold": report["threshold"]["value"], "conditions": report["robustness"]}))
     return 0
