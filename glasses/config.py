@@ -125,6 +125,17 @@ SERVE_WORKERS = int(os.environ.get("GLASSES_SERVE_WORKERS", "1"))  # processes, 
 SERVE_THREADS = 1  # threads running batches (the dispatcher runs one batch at a time anyway)
 SERVE_DISPATCH = os.environ.get("GLASSES_DISPATCH", "greedy")  # "greedy" | "cork" (BentoML's own rule)
 DECODE_THREADS = 4  # threads decoding uploads (PIL releases the GIL while decoding/resizing)
+# POST /explain (service/explain.py): occlusion patch and stride as fractions of the model's input side,
+# copies scored per classifier call, the longest side of the returned PNG; at most EXPLAIN_CONCURRENCY
+# explanations run at once and EXPLAIN_QUEUE more may wait (beyond that: 429), none longer than
+# EXPLAIN_WAIT_S (then 503), so explanations never pile up in front of /predict's CPU.
+EXPLAIN_PATCH = 1 / 6
+EXPLAIN_STRIDE = 1 / 16
+EXPLAIN_CHUNK = 32
+EXPLAIN_MAX_SIDE = 512
+EXPLAIN_CONCURRENCY = 1
+EXPLAIN_QUEUE = 2
+EXPLAIN_WAIT_S = 10.0
 
 # --- prepare (training/prepare.py, sources.py, cache.py, split.py) ------------------------------
 CACHE_SUBDIR = "cache"  # WORK_DIR/cache/<kind>-<size>-<fingerprint[:16]>/
@@ -136,6 +147,11 @@ LABELS_FILE_COLUMN = "file"  # path relative to the folders: root, e.g. glasses/
 GROUP_COLUMNS: tuple[str, ...] = ("celeba_identity", "identity", "person", "group")  # first present wins
 KAGGLE_HOST = "www.kaggle.com"
 KAGGLE_TIMEOUT = 10.0  # seconds to wait for Kaggle to answer before giving up
+
+# --- label review (training/review.py, docs/review.md) ------------------------------------------
+REVIEW_FOLDS = 5  # folds grouped by person: each photo is scored by a classifier that never saw its person
+REVIEW_C = 0.1  # inverse L2 strength of the per-fold logistic regression on standardised features
+REVIEW_SHEET_TOP = 50  # suspects on the contact sheet and the HTML page
 
 # --- load tests and serving benchmark (loadtests/) ----------------------------------------------
 # Generated upload set in realistic sizes: CelebA photo JPEGs and Kaggle GAN-face PNGs.

@@ -22,7 +22,7 @@ import numpy as np
 
 from glasses.calibration import apply as apply_calibration
 from glasses.config import BATCH_SIZE, CLASS_NAMES, DEFAULT_THRESHOLD, POSITIVE_CLASS
-from glasses.files import file_sha256
+from glasses.files import check_keras_file, file_sha256, load_keras_model
 from glasses.preprocessing import rescale
 from training.calibrate import DIAGRAM_FILE, calibration_report, plot_reliability
 from training.cli import UserError
@@ -175,10 +175,13 @@ def evaluate(
     also writes evaluation.json, learning_curves.png and reliability.png there."""
     from training.data import manifest_hash, read_manifest
 
-    model, model_sha256 = _load_model(model)
-    if not Path(manifest_path).exists():
-        raise UserError(f"manifest {manifest_path} does not exist")
-    manifest_path, manifest, started = Path(manifest_path), read_manifest(manifest_path), time.monotonic()
+    model_path = check_keras_file(model) if isinstance(model, (str, Path)) else None
+    manifest_path = Path(manifest_path)
+    manifest = read_manifest(manifest_path)  # wrong files and values fail here, before TensorFlow loads
+    threshold = parse_threshold(threshold)
+    model_sha256 = file_sha256(model_path) if model_path else None  # `register` checks the report is its own
+    model = load_keras_model(model_path) if model_path else model
+    started = time.monotonic()
     val_true, val_raw = predict_split(model, manifest_path, "val", batch_size)
     test_true, test_raw = predict_split(model, manifest_path, "test", batch_size)
     if len(test_true) == 0:
@@ -224,28 +227,21 @@ def _figures(out_dir: Path, history: dict | None, title: str, y: np.ndarray, raw
             "reliability_diagram": str(plot_reliability(y, raw, calibrated, out_dir / DIAGRAM_FILE))}
 
 
-def _load_model(model) -> tuple:
-    """(keras model, sha256 of its file or None) for a keras.Model or a .keras path."""
-    import keras
-
-    if not isinstance(model, (str, Path)):
-        return model, None
-    model_path = Path(model)
-    if not model_path.exists():
-        raise UserError(f"model {model_path} does not exist")
-    # the file's hash identifies the evaluated model, so `register` can check the report is its own
-    return keras.saving.load_model(model_path, compile=False), file_sha256(model_path)
+def parse_threshold(threshold: str | float) -> str | float:
+    """"val_balanced_accuracy" or a number; anything else is a UserError (checked before TensorFlow loads)."""
+    if str(threshold) == "val_balanced_accuracy":
+        return "val_balanced_accuracy"
+    try:
+        return float(threshold)
+    except ValueError:
+        raise UserError(f"threshold must be a number or val_balanced_accuracy, got {threshold!r}") from None
 
 
 def resolve_threshold(threshold: str | float, val_true: np.ndarray, val_prob: np.ndarray) -> tuple[float, str]:
     """(value, how it was chosen): a fixed number, or the best balanced accuracy on validation."""
-    if str(threshold) == "val_balanced_accuracy":
+    if threshold == "val_balanced_accuracy":
         return choose_threshold(val_true, val_prob), f"maximises balanced accuracy on the validation split (n={len(val_true)})"
-    try:
-        value = float(threshold)
-    except ValueError:
-        raise UserError(f"threshold must be a number or val_balanced_accuracy, got {threshold!r}") from None
-    return value, "fixed" if value != DEFAULT_THRESHOLD else "fixed at 0.5 (default)"
+    return float(threshold), "fixed" if threshold != DEFAULT_THRESHOLD else "fixed at 0.5 (default)"
 
 
 def served_predictor(model, calibration: dict | None, batch_size: int = BATCH_SIZE):

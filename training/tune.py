@@ -302,16 +302,11 @@ def tune(
     `run_dir` (default: a new WORK_DIR/runs/<timestamp>-<profile>-<id>/). Raises UserError when any
     trial failed, so a broken environment can never hand back an untrained "best" model.
     """
-    import keras
-
-    from training import models
     from training.data import make_dataset, manifest_hash, read_manifest
 
     manifest_path = Path(manifest_path)
-    if not manifest_path.exists():
-        raise UserError(f"manifest {manifest_path} does not exist; run `glasses-train prepare` first")
     profile = get_profile(profile) if isinstance(profile, str) else dict(profile)
-    manifest = read_manifest(manifest_path)
+    manifest = read_manifest(manifest_path)  # a wrong path or file fails here, before TensorFlow loads
     size = int(manifest["size"])
     if size != profile["image_size"]:
         print(f"[tune] note: manifest images are {size}px; profile says {profile['image_size']}: using {size}")
@@ -338,6 +333,10 @@ def tune(
     _check_or_write_config(project_dir, config, fresh=False)
     _check_saved_state(project_dir)
     _keras_tuner_saves_atomically()
+
+    import keras
+
+    from training import models
 
     keras.utils.set_random_seed(profile["seed"])
     augment = resolve_augment(profile.get("augment"))
