@@ -87,16 +87,16 @@ def test_evaluate_fits_on_validation_and_reports_ece_and_diagram(evaluated):
 
 
 def test_service_classifier_and_evaluation_answer_the_same_calibrated_probability(evaluated, tmp_path):
-    from service.inference import Classifier
+    from glasses.runtimes import CalibratedClassifier, TFClassifier
     from training.data import load_split
 
     path = tmp_path / "model.keras"
     evaluated["model"].save(path)
     calibration = evaluated["report"]["calibration"]
     x, _ = load_split(evaluated["manifest"], "test")
-    served = Classifier(path, 64, calibration)(x)
+    raw = TFClassifier(path, 64)(x)
+    served = CalibratedClassifier(TFClassifier(path, 64), calibration)(x)  # what load_classifier serves
     trained = served_predictor(evaluated["model"], calibration)(x)
-    raw = Classifier(path, 64)(x)
     assert np.allclose(served, trained, atol=1e-6)
     assert np.allclose(served, cal.apply(raw, calibration), atol=1e-6)
     assert not np.allclose(served, raw, atol=1e-3)  # calibration really changed the probabilities

@@ -1,4 +1,4 @@
-"""Evaluate: a trained model on the test split of its manifest -> JSON report + PNG learning curves.
+"""Evaluate: a trained model on the test split of its manifest -> JSON report, curves, HTML report.
 
     model + manifest
       -> P(glasses) on the validation and test splits (the same tf.data pipeline as training)
@@ -6,7 +6,8 @@
          (never chosen on test)
       -> test metrics: loss (binary cross-entropy), accuracy, precision / recall / F1 for "glasses",
          ROC-AUC, balanced accuracy, confusion matrix (rows = true, columns = predicted)
-      -> evaluation.json and learning_curves.png (loss and accuracy, train vs validation) side by side
+      -> evaluation.json and learning_curves.png (loss and accuracy, train vs validation) side by side,
+         test_predictions.json (file, label, P(glasses) per test photo) and report.html (training/report.py)
 
 Metrics are computed with numpy from the predicted probabilities (no extra dependency), so the same
 functions serve the registry, the experiments table and anyone checking a model by hand.
@@ -206,25 +207,33 @@ def evaluate(
         "model_sha256": model_sha256,
     }
     if out_dir is not None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        report |= _figures(out_dir, history, title, test_true, test_raw, test_prob)
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        report["reliability_diagram"] = str(plot_reliability(test_true, test_raw, test_prob,
+                                                             Path(out_dir) / DIAGRAM_FILE))
     if robust:
         report["robustness"] = robustness(served_predictor(model, fitted, batch_size), manifest_path, value,
                                           out_dir=out_dir)["conditions"]
     report["seconds"] = round(time.monotonic() - started, 3)
     if out_dir is not None:
-        report["report_path"] = str(out_dir / REPORT_FILE)
-        (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2))
+        write_outputs(Path(out_dir), report, manifest, history or {}, title, test_true, test_prob)
     return report
 
 
-def _figures(out_dir: Path, history: dict | None, title: str, y: np.ndarray, raw: np.ndarray,
-             calibrated: np.ndarray) -> dict:
-    """Learning curves and the test split's reliability diagram in out_dir; their paths."""
-    curves = plot_learning_curves(history or {}, out_dir / CURVES_FILE, title)
-    return {"learning_curves": str(curves) if curves else None,
-            "reliability_diagram": str(plot_reliability(y, raw, calibrated, out_dir / DIAGRAM_FILE))}
+def write_outputs(out_dir: Path, report: dict, manifest: dict, history: dict, title: str,
+                  test_true: np.ndarray, test_prob: np.ndarray) -> None:
+    """evaluation.json, learning_curves.png, test_predictions.json and report.html into out_dir."""
+    from training.data import load_split
+    from training.report import write_run_report
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    curves = plot_learning_curves(history, out_dir / CURVES_FILE, title)
+    report["learning_curves"] = str(curves) if curves else None
+    report["report_path"] = str(out_dir / REPORT_FILE)
+    images, _ = load_split(report["manifest_path"], "test")
+    html = write_run_report(out_dir, report, title=f"Evaluation report: {title or out_dir.name}", images=images,
+                            files=manifest["splits"]["test"]["files"], y=test_true, p=test_prob, curves=curves)
+    report["html_report"] = str(html)
+    (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2))
 
 
 def parse_threshold(threshold: str | float) -> str | float:

@@ -39,12 +39,14 @@ from glasses.config import (
     WORK_DIR,
 )
 from glasses.files import write_json_atomic
+from training import acceleration
 from training.cli import UserError
 from training.fitting import class_weights, fit_verbosity, history_lists, resolve_augment
 
 OBJECTIVES = ("val_accuracy", "val_auc", "val_balanced_accuracy")
 THRESHOLD_METHODS = ("0.5", "val_balanced_accuracy")
-TRIAL_FILE = "glasses_trial.json"
+TRIAL_FILE = "glasses_trial.json"  # wall time, tuner id, seconds per epoch, precision
+TENSORBOARD_SUBDIR = "tensorboard"  # <project>/tensorboard/<trial id>/execution0: scalars + HParams
 HISTORY_FILE = "glasses_history.json"
 CONFIG_FILE = "glasses_tune_config.json"
 
@@ -68,6 +70,7 @@ class TuneResult:
     history: dict[str, list[float]] = field(default_factory=dict)
     final_model: str = ""  # "refit" | "best trial checkpoint" (and why)
     refit_score: float | None = None  # best validation objective of the refit, when there was one
+    final_fit_epoch_times_s: list[float] = field(default_factory=list)  # wall seconds per refit epoch
 
 
 # --- profiles -----------------------------------------------------------------------------------
@@ -189,7 +192,10 @@ def _make_tuner_class():
     import keras_tuner as kt
 
     class GlassesHyperband(kt.Hyperband):
-        """Hyperband that records each trial's wall time and worker in its trial directory."""
+        """Hyperband that records each trial's wall time, epoch times and worker in its trial directory."""
+
+        epoch_timer = None  # an acceleration.epoch_timer() passed in the search callbacks
+        precision = "float32"
 
         def on_trial_begin(self, trial):
             self._trial_started = time.monotonic()
@@ -205,7 +211,8 @@ def _make_tuner_class():
 
         def on_trial_end(self, trial):
             wall = time.monotonic() - getattr(self, "_trial_started", time.monotonic())
-            record = {"wall_time_s": round(wall, 3), "tuner_id": self.tuner_id}
+            record = {"wall_time_s": round(wall, 3), "tuner_id": self.tuner_id, "precision": self.precision,
+                      "epoch_times_s": list(self.epoch_timer.epoch_times) if self.epoch_timer else []}
             path = Path(self.get_trial_dir(trial.trial_id)) / TRIAL_FILE
             path.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(path, record)
@@ -300,13 +307,26 @@ def tune(
 
     Returns a TuneResult; local and chief runs write model.keras, history.json and tune.json into
     `run_dir` (default: a new WORK_DIR/runs/<timestamp>-<profile>-<id>/). Raises UserError when any
-    trial failed, so a broken environment can never hand back an untrained "best" model.
+    trial failed, so a broken environment can never hand back an untrained "best" model. Runs under
+    this machine's acceleration plan (training/acceleration.py); the saved model is float32.
     """
+    from training.data import read_manifest
+
+    read_manifest(manifest_path)  # a wrong path or file fails here, before TensorFlow loads
+    plan = acceleration.make_plan()
+    acceleration.set_threads(plan.intra_threads, plan.inter_threads)  # before TensorFlow's runtime starts
+    with acceleration.accelerated(plan):
+        return _tune(Path(manifest_path), profile, plan, fresh=fresh, work_dir=work_dir, run_dir=run_dir,
+                     verbose=verbose)
+
+
+def _tune(manifest_path: Path, profile: str | dict, plan: acceleration.Plan, *, fresh: bool, work_dir: str | Path,
+          run_dir: str | Path | None, verbose: int | None) -> TuneResult:
     from training.data import make_dataset, manifest_hash, read_manifest
 
     manifest_path = Path(manifest_path)
     profile = get_profile(profile) if isinstance(profile, str) else dict(profile)
-    manifest = read_manifest(manifest_path)  # a wrong path or file fails here, before TensorFlow loads
+    manifest = read_manifest(manifest_path)
     size = int(manifest["size"])
     if size != profile["image_size"]:
         print(f"[tune] note: manifest images are {size}px; profile says {profile['image_size']}: using {size}")
@@ -361,10 +381,16 @@ def tune(
     resumed = Path(tuner._get_tuner_fname()).exists() and bool(tuner.oracle.trials)
     print(f"[tune] {role} search, profile {profile['name']}, objective {objective}, project {project_dir}",
           flush=True)
+    print(f"[tune] {acceleration.describe(plan)}; TensorBoard: tensorboard --logdir {project_dir / TENSORBOARD_SUBDIR}",
+          flush=True)
     early = keras.callbacks.EarlyStopping(monitor=objective, mode="max", patience=profile["patience"])
+    timer = tuner.epoch_timer = acceleration.epoch_timer()
+    tuner.precision = plan.precision
+    board = keras.callbacks.TensorBoard(log_dir=str(project_dir / TENSORBOARD_SUBDIR), write_graph=False)
     started = time.monotonic()
     try:
-        tuner.search(train_ds, validation_data=val_ds, callbacks=[early], class_weight=weights, verbose=verbose)
+        tuner.search(train_ds, validation_data=val_ds, callbacks=[early, timer, board], class_weight=weights,
+                     verbose=verbose)
     except RuntimeError as exc:  # keras-tuner stops after max_consecutive_failed_trials failures
         if "consecutive failures" in str(exc):
             last = [line for line in str(exc).strip().splitlines() if line.strip()][-1]
@@ -394,8 +420,9 @@ def tune(
         restore = keras.callbacks.EarlyStopping(monitor=objective, mode="max", patience=profile["patience"],
                                                 restore_best_weights=True)
         print(f"[tune] retraining the best hyperparameters for up to {profile['final_epochs']} epochs", flush=True)
-        history = model.fit(train_ds, validation_data=val_ds, epochs=profile["final_epochs"], callbacks=[restore],
-                            class_weight=weights, verbose=verbose)
+        history = model.fit(train_ds, validation_data=val_ds, epochs=profile["final_epochs"],
+                            callbacks=[restore, timer], class_weight=weights, verbose=verbose)
+        result.final_fit_epoch_times_s = list(timer.epoch_times)
         result.history = history_lists(history)
         result.refit_score = max(result.history.get(objective) or [float("-inf")])
         result.final_model = "refit"
@@ -417,7 +444,7 @@ def tune(
     run_dir.mkdir(parents=True, exist_ok=True)
     result.run_dir = run_dir
     result.model_path = run_dir / "model.keras"
-    model.save(result.model_path)
+    acceleration.float32_copy(model).save(result.model_path)  # trained in bf16 or not, saved float32
     (run_dir / "history.json").write_text(json.dumps(result.history, indent=2))
     summary = asdict(result) | {
         "profile_config": profile,
@@ -433,6 +460,7 @@ def tune(
         "trials_time_total_s": round(sum(t.get("wall_time_s", 0.0) for t in result.trials), 3),
         "training_wall_time_s": round(search_wall + result.final_fit_wall_time_s, 3),
         "resumed": resumed,
+        "acceleration": plan.as_dict(),
     }
     (run_dir / "tune.json").write_text(json.dumps(summary, indent=2, default=str))
     print(f"[tune] search {search_wall:.1f}s + final model {result.final_fit_wall_time_s:.1f}s; "
