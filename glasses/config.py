@@ -126,7 +126,11 @@ LITERT_MODEL_FILE = "model.tflite"  # beside MODEL_FILE when the LiteRT conversi
 RUNTIMES: tuple[str, ...] = ("tf", "litert")
 # Which runtime serves: "auto" = LiteRT when the version has a model.tflite, else TensorFlow.
 SERVE_RUNTIME = os.environ.get("GLASSES_RUNTIME", "auto")
-LITERT_TOLERANCE = 1e-5  # max |P(glasses) LiteRT - Keras| on the check images, else the conversion is refused
+# max |P(glasses) LiteRT - Keras| on the check images, else the conversion is refused. A conversion that
+# drops or mixes up weights is off by > 0.05; the `robust` model's per-image standardisation divides by
+# the image's contrast, which amplifies float32 summation-order differences on flat check images to
+# ~7e-5 (4.5e-7 for the `celeba` model): 2e-4 still refuses every broken conversion.
+LITERT_TOLERANCE = 2e-4
 LITERT_THREADS = int(os.environ.get("GLASSES_LITERT_THREADS", "1"))  # XNNPACK threads per interpreter
 # Interpreter batch: larger batches run in chunks of this size (the tensor arena grows with the batch:
 # ~75 MB RSS at 16 against ~230 MB at 64 for the bundled model; per image, 16 is as fast).
