@@ -31,7 +31,8 @@ def probe_pixels(size: int, count: int = PROBE_IMAGES) -> np.ndarray:
 
 
 def record_probe(model: Any, size: int) -> list[float]:
-    """P(glasses) of a Keras model on the probe at registration (float input x / 255, as in training)."""
+    """Raw P(glasses) of a Keras model on the probe at registration (float input x / 255, as in training;
+    before any calibration: the probe checks the model file)."""
     pixels = probe_pixels(size).astype(np.float32) / 255.0  # == preprocessing.rescale
     return [float(p) for p in np.asarray(model(pixels, training=False)).reshape(-1)]
 

@@ -112,7 +112,8 @@ def load_version(tag: str) -> Version:
         meta = stored.info.metadata or {}
         parity = None
         if meta.get("parity_probe"):
-            parity = monitoring.parity_error(meta["parity_probe"], classifier(monitoring.probe_pixels(size)))
+            raw = getattr(classifier, "raw", classifier)  # the model file's own output, before any calibration
+            parity = monitoring.parity_error(meta["parity_probe"], raw(monitoring.probe_pixels(size)))
             if parity > PARITY_TOLERANCE:
                 raise VersionRefused(f"parity probe: max |dp| {parity:.3g} > {PARITY_TOLERANCE:g} against its "
                                      f"registration (a corrupt, swapped or mis-converted model file)")

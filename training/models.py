@@ -175,6 +175,7 @@ def build_paper_hypermodel(hp, size: int = IMAGE_SIZE) -> keras.Model:
 
 LUMA_WEIGHTS = (0.2989, 0.5870, 0.1140)  # ITU-R 601 luma, as PIL's convert("L") and tf.image.rgb_to_grayscale
 CELEBA_LR_DECAY_STEPS = 850  # 16 epochs of the CelebA train split (3,360 photos = 53 batches of 64)
+ROBUST_LR_DECAY_STEPS = 1610  # 10 epochs of the union's train split (10,243 photos = 161 batches of 64)
 
 
 def _paper_best_trunk(h, units: int):
@@ -213,33 +214,59 @@ def build_celeba_hypermodel(hp, size: int = IMAGE_SIZE) -> keras.Model:
     Every value is Fixed: the recipe was chosen by the experiments in models/README.md, and the
     `celeba` profile spends its 2-core budget on one long fit instead of a search.
     """
+    return _luma_flip_model(
+        size, luma=hp.Fixed("input", "luma") == "luma", trunk=hp.Fixed("trunk", "gap"), width=hp.Fixed("width", 1.0),
+        units=hp.Fixed("units", 96) if hp.values.get("trunk") == "paper_best" else 96, standardize=False,
+        learning_rate=hp.Fixed("learning_rate", 2e-3),
+        decay_steps=hp.Fixed("decay_steps", CELEBA_LR_DECAY_STEPS), name="celeba")
+
+
+def standardize_per_image(x):
+    """(x - mean) / (std + 0.02) over each image: a darker or brighter exposure of a photo (a gain on
+    its pixels) gives the network (almost) the same input; only clipped highlights still differ."""
+    mean = ops.mean(x, axis=(1, 2, 3), keepdims=True)
+    std = ops.sqrt(ops.mean(ops.square(x - mean), axis=(1, 2, 3), keepdims=True))
+    return (x - mean) / (std + 0.02)
+
+
+def _luma_flip_model(size: int, *, luma: bool, trunk: str, width: float, units: int, standardize: bool,
+                     learning_rate: float, decay_steps: int, name: str) -> keras.Model:
+    """[luma] -> [per-image standardisation] -> mean(trunk(x), trunk(mirror(x))), compiled (cosine Adam)."""
     inputs = _input(size)
     channels = 3
     x = inputs
-    if hp.Fixed("input", "luma") == "luma":
+    if luma:
         x = layers.Conv2D(1, 1, use_bias=False, trainable=False, name="luma",
                           kernel_initializer=keras.initializers.Constant([[[[w] for w in LUMA_WEIGHTS]]]))(x)
         channels = 1
+    if standardize:
+        x = standardize_per_image(x)
     trunk_in = keras.Input(shape=(size, size, channels), name="trunk_in")
-    if hp.Fixed("trunk", "gap") == "gap":
-        h = _gap_trunk(trunk_in, hp.Fixed("width", 1.0))
-    else:
-        h = _paper_best_trunk(trunk_in, hp.Fixed("units", 96))
-    trunk = keras.Model(trunk_in, layers.Dense(1, activation="sigmoid", dtype="float32")(h), name="trunk")
-    outputs = layers.Average(name="flip_average", dtype="float32")([trunk(x), trunk(ops.flip(x, axis=2))])
-    model = keras.Model(inputs, outputs, name="celeba")
-    schedule = keras.optimizers.schedules.CosineDecay(
-        hp.Fixed("learning_rate", 2e-3), decay_steps=hp.Fixed("decay_steps", CELEBA_LR_DECAY_STEPS), alpha=0.02
-    )
+    h = _gap_trunk(trunk_in, width) if trunk == "gap" else _paper_best_trunk(trunk_in, units)
+    trunk_model = keras.Model(trunk_in, layers.Dense(1, activation="sigmoid", dtype="float32")(h), name="trunk")
+    outputs = layers.Average(name="flip_average", dtype="float32")([trunk_model(x), trunk_model(ops.flip(x, axis=2))])
+    model = keras.Model(inputs, outputs, name=name)
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=decay_steps, alpha=0.02)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=schedule), loss="binary_crossentropy",
                   metrics=training_metrics(), **compile_options())
     return model
+
+
+def build_robust_hypermodel(hp, size: int = IMAGE_SIZE) -> keras.Model:
+    """The `robust` profile's model: the celeba model (luma, GAP trunk, flip average) with per-image
+    standardisation after the luma layer, and the cosine schedule sized for the union of both CelebA
+    sources (every value Fixed; the recipe and the measurements behind it: models/README.md)."""
+    return _luma_flip_model(
+        size, luma=True, trunk="gap", width=hp.Fixed("width", 0.5), units=96,
+        standardize=hp.Fixed("standardize", True), learning_rate=hp.Fixed("learning_rate", 2e-3),
+        decay_steps=hp.Fixed("decay_steps", ROBUST_LR_DECAY_STEPS), name="robust")
 
 
 # Search spaces a tuning profile can name with `search_space`; add new hypermodels here.
 SEARCH_SPACES: dict[str, Callable] = {
     "paper": build_paper_hypermodel,
     "celeba": build_celeba_hypermodel,
+    "robust": build_robust_hypermodel,
 }
 
 # The ladder, in the paper's order: name -> (builder, uses LR decay).

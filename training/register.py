@@ -149,6 +149,9 @@ def build_metadata(summary: dict, report: dict, *, gate: GateDecision, forced: b
         "validation_metrics": report.get("validation_metrics"),
         "threshold": report["threshold"]["value"],
         "threshold_method": report["threshold"]["method"],
+        "calibration": report.get("calibration"),
+        "ece": report.get("ece"),
+        "robustness": _robustness_summary(report.get("robustness")),
         "profile": profile["name"],
         "objective": profile["objective"],
         "hyperparameters": summary.get("best_hyperparameters"),
@@ -165,6 +168,7 @@ def build_metadata(summary: dict, report: dict, *, gate: GateDecision, forced: b
             "settings": {k: "none" if v is None else v for k, v in profile.items() if k not in ("name", "description")},
         },
         "data_source": summary.get("data_source"),
+        "data_sources": summary.get("data_sources") or [summary.get("data_source")],
         "data_fingerprint": summary["data_fingerprint"],
         "split_manifest_hash": report["manifest_hash"],
         "split_manifest_path": report["manifest_path"],
@@ -186,6 +190,14 @@ def build_metadata(summary: dict, report: dict, *, gate: GateDecision, forced: b
         "forced": forced,
         "registered_at": datetime.now(timezone.utc).isoformat(),
     })
+
+
+def _robustness_summary(conditions: dict | None) -> dict | None:
+    """ROC-AUC and recall per robustness condition (the full report stays in the run directory)."""
+    if not conditions:
+        return None
+    return {name: {k: row["all"][k] for k in ("roc_auc", "recall", "photos", "glasses_photos")}
+            for name, row in conditions.items()}
 
 
 def register(run_dir: str | Path, *, force: bool = False, promote: bool = True) -> RegisterResult:

@@ -452,6 +452,8 @@ def _tune(manifest_path: Path, profile: str | dict, plan: acceleration.Plan, *, 
         "manifest_hash": config["manifest_hash"],
         "data_fingerprint": manifest["fingerprint"],
         "data_source": manifest.get("source"),
+        "data_sources": manifest.get("sources") or [{"source": manifest.get("source"),
+                                                     "fingerprint": manifest["fingerprint"]}],
         "image_size": size,
         "params": int(model.count_params()),
         # trials may have run in an earlier (resumed) invocation or in parallel on workers:
