@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 
 from training.evaluate import (
-    CURVES_FILE,
-    REPORT_FILE,
     binary_metrics,
     choose_threshold,
     evaluate,
@@ -18,6 +16,7 @@ from training.evaluate import (
     roc_auc,
 )
 from training.data import load_split
+from training.rundir import CURVES_FILE, REPORT_FILE
 
 from _training import tiny_manifest
 

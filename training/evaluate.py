@@ -14,7 +14,6 @@ functions serve the registry, the experiments table and anyone checking a model 
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -23,10 +22,9 @@ import numpy as np
 from glasses.config import BATCH_SIZE, CLASS_NAMES, DEFAULT_THRESHOLD, POSITIVE_CLASS
 from glasses.files import file_sha256
 from training.cli import UserError
+from training.rundir import RunDir
 
 EPSILON = 1e-7  # Keras' clipping for binary cross-entropy
-REPORT_FILE = "evaluation.json"
-CURVES_FILE = "learning_curves.png"
 
 
 # --- metrics ------------------------------------------------------------------------------------
@@ -155,7 +153,7 @@ def evaluate(
     model,
     manifest_path: str | Path,
     *,
-    threshold: str | float = "0.5",
+    threshold: str | float = DEFAULT_THRESHOLD,
     history: dict[str, list[float]] | None = None,
     out_dir: str | Path | None = None,
     batch_size: int = BATCH_SIZE,
@@ -163,7 +161,7 @@ def evaluate(
 ) -> dict:
     """Evaluate `model` (a keras.Model or a .keras path) on the test split; write the report if out_dir.
 
-    threshold: a number, "0.5", or "val_balanced_accuracy" (chosen on the validation split).
+    threshold: a number (or its text), or "val_balanced_accuracy" (chosen on the validation split).
     Returns the report dict (metrics under "metrics", the threshold and how it was chosen under
     "threshold"); with out_dir, also writes evaluation.json and learning_curves.png there.
     """
@@ -212,32 +210,28 @@ def evaluate(
         "seconds": round(time.monotonic() - started, 3),
     }
     if out_dir is not None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        curves = plot_learning_curves(history or {}, out_dir / CURVES_FILE, title)
+        out = RunDir(out_dir)
+        out.path.mkdir(parents=True, exist_ok=True)
+        curves = plot_learning_curves(history or {}, out.curves, title)
         report["learning_curves"] = str(curves) if curves else None
-        report["report_path"] = str(out_dir / REPORT_FILE)
-        (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2))
+        report["report_path"] = str(out.report)
+        out.write_json(out.report, report)
     return report
 
 
 def evaluate_run(run_dir: str | Path, *, threshold: str | float | None = None) -> dict:
     """Evaluate the model of a `glasses-train tune` run directory with the profile's threshold rule."""
-    from training.tune import read_tune_summary
-
-    run_dir = Path(run_dir)
-    summary = read_tune_summary(run_dir)
-    profile = summary["profile_config"]
-    history_path = run_dir / "history.json"
-    history = json.loads(history_path.read_text()) if history_path.exists() else {}
+    run = RunDir(run_dir)
+    summary = run.read_tune_summary()
+    profile = run.read_profile(summary)
     return evaluate(
-        run_dir / "model.keras",
+        run.model,
         summary["manifest_path"],
-        threshold=profile.get("threshold", "0.5") if threshold is None else threshold,
-        history=history,
-        out_dir=run_dir,
-        batch_size=profile.get("batch_size", BATCH_SIZE),
-        title=f"{profile['name']} profile, objective {profile['objective']}",
+        threshold=profile.threshold if threshold is None else threshold,
+        history=run.read_history(),
+        out_dir=run.path,
+        batch_size=profile.batch_size,
+        title=f"{profile.name} profile, objective {profile.objective}",
     )
 
 
@@ -272,7 +266,7 @@ def _cli(args) -> int:
     if args.run_dir:
         report = evaluate_run(args.run_dir, threshold=args.threshold)
     elif args.model and args.manifest:
-        report = evaluate(args.model, args.manifest, threshold=args.threshold or "0.5",
+        report = evaluate(args.model, args.manifest, threshold=args.threshold or DEFAULT_THRESHOLD,
                           out_dir=args.out or args.model.parent)
     else:
         raise UserError("give --run-dir, or --model and --manifest")

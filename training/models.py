@@ -157,8 +157,8 @@ def lr_decay_callback() -> keras.callbacks.Callback:
     return keras.callbacks.LearningRateScheduler(lr_decay)
 
 
-def build_paper_hypermodel(hp, size: int = IMAGE_SIZE) -> keras.Model:
-    """The paper's Hyperband search space (hp: keras_tuner.HyperParameters)."""
+def build_paper_hypermodel(hp, size: int = IMAGE_SIZE, train_steps: int | None = None) -> keras.Model:
+    """The paper's Hyperband search space (hp: keras_tuner.HyperParameters); constant learning rates."""
     inputs = _input(size)
     x = inputs
     for i in range(hp.Int("conv_layers", 2, 4)):
@@ -172,7 +172,6 @@ def build_paper_hypermodel(hp, size: int = IMAGE_SIZE) -> keras.Model:
 
 
 LUMA_WEIGHTS = (0.2989, 0.5870, 0.1140)  # ITU-R 601 luma, as PIL's convert("L") and tf.image.rgb_to_grayscale
-CELEBA_LR_DECAY_STEPS = 850  # 16 epochs of the CelebA train split (3,360 photos = 53 batches of 64)
 
 
 def _paper_best_trunk(h, units: int):
@@ -198,7 +197,7 @@ def _gap_trunk(h, width: float):
     return layers.GlobalAveragePooling2D()(h)
 
 
-def build_celeba_hypermodel(hp, size: int = IMAGE_SIZE) -> keras.Model:
+def build_celeba_hypermodel(hp, size: int = IMAGE_SIZE, train_steps: int | None = None) -> keras.Model:
     """Issue 7's model for real photos: the paper's best layers, made robust by construction.
 
     luma (a frozen 1x1 conv with LUMA_WEIGHTS, so a grayscale upload gives the same input as the
@@ -206,7 +205,8 @@ def build_celeba_hypermodel(hp, size: int = IMAGE_SIZE) -> keras.Model:
     (shared weights) and the two probabilities are averaged, so a horizontally flipped upload gets
     exactly the same answer (and every prediction is a two-view ensemble). Trunk "gap" (`_gap_trunk`,
     884,500 parameters), or "paper_best" (`_paper_best_trunk`, Dense(96): 1,104,416 parameters; the
-    runner-up in the experiments). Adam(2e-3) with cosine decay over CELEBA_LR_DECAY_STEPS to 2 %.
+    runner-up in the experiments). Adam(2e-3) with cosine decay to 2 % over `train_steps`
+    (the optimizer steps of the whole fit, from the data: epochs x batches per epoch).
 
     Every value is Fixed: the recipe was chosen by the experiments in models/README.md, and the
     `celeba` profile spends its 2-core budget on one long fit instead of a search.
@@ -226,8 +226,11 @@ def build_celeba_hypermodel(hp, size: int = IMAGE_SIZE) -> keras.Model:
     trunk = keras.Model(trunk_in, layers.Dense(1, activation="sigmoid")(h), name="trunk")
     outputs = layers.Average(name="flip_average")([trunk(x), trunk(ops.flip(x, axis=2))])
     model = keras.Model(inputs, outputs, name="celeba")
+    steps = train_steps if train_steps is not None else hp.values.get("decay_steps")
+    if steps is None:
+        raise ValueError("the celeba search space needs train_steps (optimizer steps of the fit) for its schedule")
     schedule = keras.optimizers.schedules.CosineDecay(
-        hp.Fixed("learning_rate", 2e-3), decay_steps=hp.Fixed("decay_steps", CELEBA_LR_DECAY_STEPS), alpha=0.02
+        hp.Fixed("learning_rate", 2e-3), decay_steps=hp.Fixed("decay_steps", int(steps)), alpha=0.02
     )
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=schedule), loss="binary_crossentropy",
                   metrics=training_metrics())
@@ -250,15 +253,16 @@ LADDER: dict[str, tuple[Callable[[int], keras.Model], bool]] = {
 }
 
 
-def hypermodel_for(search_space: str, size: int = IMAGE_SIZE) -> Callable:
-    """The `build(hp)` function for a named search space at a given image size."""
+def hypermodel_for(search_space: str, size: int = IMAGE_SIZE, train_steps: int | None = None) -> Callable:
+    """The `build(hp)` function for a named search space at a given image size; `train_steps` (optimizer
+    steps of the whole fit) sizes learning-rate schedules."""
     try:
         builder = SEARCH_SPACES[search_space]
     except KeyError:
         raise ValueError(f"unknown search space {search_space!r}; known: {', '.join(SEARCH_SPACES)}") from None
 
     def build(hp):
-        return builder(hp, size=size)
+        return builder(hp, size=size, train_steps=train_steps)
 
     return build
 

@@ -1,11 +1,11 @@
 """Register: a tuned + evaluated run -> a `glasses_classifier` version in the BentoML model store.
 
-    run directory (model.keras, tune.json, evaluation.json)
+    run directory (training/rundir.py: model, tune.json, evaluation.json)
       -> quality gate: the candidate's gate metric (profile: gate_metric, gate_floor) must reach the
          floor and must not be below the promoted model's on the *same* test manifest (same hash);
          `force` overrides, is recorded in the labels, and the forced version is not promoted
          (serving it takes an explicit `registry promote`)
-      -> the report must be the run's own: made from this model.keras (sha256) on the manifest it
+      -> the report must be the run's own: made from this model file (sha256) on the manifest it
          was tuned on (a re-tuned run with an old evaluation.json is refused)
       -> glasses.registry.save_version (all or nothing) with lineage metadata and labels
       -> promote (glasses.registry.promote) unless told not to
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from glasses.config import CLASS_MAP, CLASS_NAMES, POSITIVE_CLASS, REPO_ROOT
+from glasses.config import CLASS_MAP, CLASS_NAMES, POSITIVE_CLASS, REPO_ROOT, TuningProfile
 from glasses.preprocessing import PREPROCESSING_VERSION
 from training.cli import UserError
 
@@ -129,29 +129,29 @@ def check_gate(metrics: dict, manifest_hash: str, *, metric: str, floor: float) 
 # --- registration -------------------------------------------------------------------------------
 
 
-def build_metadata(summary: dict, report: dict, *, gate: GateDecision, forced: bool) -> dict:
+def build_metadata(summary: dict, report: dict, profile: TuningProfile, *, gate: GateDecision, forced: bool) -> dict:
     """Everything the registry records about a model (lineage, metrics, settings, environment)."""
-    profile = summary["profile_config"]
     metrics = dict(report["metrics"])
     return _clean({
         "metrics": metrics,
         "validation_metrics": report.get("validation_metrics"),
         "threshold": report["threshold"]["value"],
         "threshold_method": report["threshold"]["method"],
-        "profile": profile["name"],
-        "objective": profile["objective"],
+        "profile": profile.name,
+        "objective": profile.objective,
         "hyperparameters": summary.get("best_hyperparameters"),
         "params": summary.get("params"),
         "tuner": {
-            "profile": profile["name"],
-            "objective": profile["objective"],
+            "profile": profile.name,
+            "objective": profile.objective,
             "best_trial_id": summary.get("best_trial_id"),
             "best_score": summary.get("best_score"),
             "trials": len(summary.get("trials", [])),
             "trial_wall_times_s": {t["trial_id"]: t.get("wall_time_s") for t in summary.get("trials", [])},
             "trials_time_total_s": summary.get("trials_time_total_s"),
             "resumed": summary.get("resumed"),
-            "settings": {k: "none" if v is None else v for k, v in profile.items() if k not in ("name", "description")},
+            "settings": {k: "none" if v is None else v for k, v in profile.as_dict().items()
+                         if k not in ("name", "description")},
         },
         "data_source": summary.get("data_source"),
         "data_fingerprint": summary["data_fingerprint"],
@@ -182,37 +182,35 @@ def register(run_dir: str | Path, *, force: bool = False, promote: bool = True) 
 
     from glasses import registry
     from glasses.files import file_sha256
-    from training.evaluate import REPORT_FILE
-    from training.tune import read_tune_summary
+    from training.rundir import RunDir
 
-    run_dir = Path(run_dir)
-    summary = read_tune_summary(run_dir)
-    report_path = run_dir / REPORT_FILE
-    evaluate_again = f"run `glasses-train evaluate --run-dir {run_dir}`"
-    if not report_path.exists():
-        raise UserError(f"{report_path} does not exist; {evaluate_again} first")
-    report = json.loads(report_path.read_text())
-    if report.get("model_sha256") != file_sha256(run_dir / "model.keras"):
-        raise UserError(f"{report_path} was not made from {run_dir / 'model.keras'}; {evaluate_again}")
+    run = RunDir(run_dir)
+    summary = run.read_tune_summary()
+    profile = run.read_profile(summary)
+    evaluate_again = f"run `glasses-train evaluate --run-dir {run.path}`"
+    if not run.report.exists():
+        raise UserError(f"{run.report} does not exist; {evaluate_again} first")
+    report = json.loads(run.report.read_text())
+    if report.get("model_sha256") != file_sha256(run.model):
+        raise UserError(f"{run.report} was not made from {run.model}; {evaluate_again}")
     if report.get("manifest_hash") != summary["manifest_hash"]:
-        raise UserError(f"{report_path} scores another split manifest than the run was tuned on; {evaluate_again}")
-    profile = summary["profile_config"]
-    gate = check_gate(report["metrics"], report["manifest_hash"], metric=profile["gate_metric"],
-                      floor=float(profile["gate_floor"]))
+        raise UserError(f"{run.report} scores another split manifest than the run was tuned on; {evaluate_again}")
+    gate = check_gate(report["metrics"], report["manifest_hash"], metric=profile.gate_metric,
+                      floor=profile.gate_floor)
     if not gate.passed and not force:
         raise UserError(f"quality gate refused the model: {gate.reason} (use --force to register anyway)")
-    model = keras.saving.load_model(run_dir / "model.keras", compile=False)
-    metadata = build_metadata(summary, report, gate=gate, forced=force and not gate.passed)
+    model = keras.saving.load_model(run.model, compile=False)
+    metadata = build_metadata(summary, report, profile, gate=gate, forced=force and not gate.passed)
     labels = {
-        "profile": profile["name"],
-        "objective": profile["objective"],
+        "profile": profile.name,
+        "objective": profile.objective,
         "gate": "passed" if gate.passed else "forced",
         "forced": str(bool(force and not gate.passed)).lower(),
         "data": summary["data_fingerprint"][:12],
-        "run": run_dir.name,
+        "run": run.name,
     }
     tag = registry.save_version(model, metadata=metadata, labels=labels)
-    (run_dir / "registered.json").write_text(json.dumps({"tag": tag, "gate": gate.as_dict()}, indent=2))
+    run.write_json(run.registered, {"tag": tag, "gate": gate.as_dict()})
     forced = force and not gate.passed
     if promote and not forced:
         registry.promote(tag)

@@ -36,7 +36,7 @@ def run(
 
     work_dir = Path(work_dir)
     config = get_profile(profile)
-    size = size or config["image_size"]
+    size = size or config.image_size
     started = time.monotonic()
     out: dict = {"profile": profile}
 
