@@ -199,6 +199,17 @@ SERVE_WORKERS = int(os.environ.get("GLASSES_SERVE_WORKERS", "1"))  # processes, 
 SERVE_THREADS = 1  # threads running batches (the dispatcher runs one batch at a time anyway)
 SERVE_DISPATCH = os.environ.get("GLASSES_DISPATCH", "greedy")  # "greedy" | "cork" (BentoML's own rule)
 DECODE_THREADS = 4  # threads decoding uploads (PIL releases the GIL while decoding/resizing)
+# POST /explain (service/explain.py): occlusion patch and stride as fractions of the model's input side,
+# copies scored per classifier call, the longest side of the returned PNG; at most EXPLAIN_CONCURRENCY
+# explanations run at once and EXPLAIN_QUEUE more may wait (beyond that: 429), none longer than
+# EXPLAIN_WAIT_S (then 503), so explanations never pile up in front of /predict's CPU.
+EXPLAIN_PATCH = 1 / 6
+EXPLAIN_STRIDE = 1 / 16
+EXPLAIN_CHUNK = 32
+EXPLAIN_MAX_SIDE = 512
+EXPLAIN_CONCURRENCY = 1
+EXPLAIN_QUEUE = 2
+EXPLAIN_WAIT_S = 10.0
 
 # --- prepare (training/prepare.py, sources.py, cache.py, split.py) ------------------------------
 CACHE_SUBDIR = "cache"  # WORK_DIR/cache/<kind>-<size>-<fingerprint[:16]>/

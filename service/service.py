@@ -3,7 +3,9 @@
     POST /predict        multipart field `image`           -> one verdict
     POST /predict_batch  repeated multipart field `images` -> verdicts in input order (bad items inline)
     GET  /model          the served model's card
-    POST /infer          the batchable inference API: uint8 pixels (N, S, S, 3) -> P(glasses) (N,)
+    POST /infer          the batchable inference API: uint8 pixels (N, S, S, 3) -> P(glasses) (N,) (internal)
+    GET  /  /docs        the try-it page and the API documentation; POST /explain: why a verdict
+                         (service/pages.py, mounted below; off the batching path)
 
 How a request flows, and why (figures and how they were measured: docs/service.md):
   1. `read_uploads` parses the multipart body itself (BentoML's parser answers 500 to several client
@@ -55,6 +57,7 @@ from glasses.config import (
     SERVE_WORKERS,
 )
 from glasses.registry import check_servable, model_card, resolve_tag
+from service import pages
 from service.batching import BatchInfer, batch_entry
 from service.inference import Classifier, UploadError, decode_upload, verdict
 from service.uploads import (
@@ -168,3 +171,4 @@ def _refuse(ctx: bentoml.Context, exc: UploadError) -> JSONResponse:
 
 
 GlassesService.add_asgi_middleware(BodyLimitMiddleware, max_bytes=MAX_REQUEST_BYTES)
+pages.mount(GlassesService)  # GET / /docs /docs.json /static/*, POST /explain

@@ -161,6 +161,21 @@ def shared_server(request: Any, tmp_path_factory: Any) -> ServiceServer:
     return _SHARED
 
 
+_BUNDLED: ServiceServer | None = None
+
+
+def bundled_server(request: Any, tmp_path_factory: Any) -> ServiceServer:
+    """A session server over an empty store, so it imports and serves the bundled default model
+    (models/glasses_classifier.bentomodel, trained on real photos), as `make serve` does on a fresh machine."""
+    global _BUNDLED
+    if _BUNDLED is None or _BUNDLED.proc.poll() is not None:
+        home = tmp_path_factory.mktemp("bundled-store") / "bentoml"
+        home.mkdir(parents=True)
+        _BUNDLED = ServiceServer(home)
+        request.config.add_cleanup(_BUNDLED.stop)
+    return _BUNDLED
+
+
 # --- command line (used by register_model's subprocess) -----------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="test helpers for the prediction service")
