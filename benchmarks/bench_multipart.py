@@ -17,6 +17,7 @@ from starlette.formparsers import MultiPartParser
 from starlette.requests import Request
 
 from glasses.config import LOADTEST_DIR, MAX_REQUEST_BYTES
+from glasses.machine import banner
 from loadtests.images import generate_images, load_images, multipart_body
 
 CHUNK = 64 * 1024
@@ -50,6 +51,7 @@ async def measure(bodies: list[tuple[bytes, str]], n: int = 200) -> tuple[float,
 def main() -> None:
     uploads = [u for u in load_images(generate_images(LOADTEST_DIR / "images")) if u.name.startswith("png/")][:8]
     bodies = [multipart_body("image", [u]) for u in uploads]
+    print(banner())
     print(f"{len(uploads)} generated 1024x1024 PNGs, mean {np.mean([len(u.data) for u in uploads]) / 1e6:.2f} MB")
     for spool in (DEFAULT_SPOOL, MAX_REQUEST_BYTES) * 2:
         MultiPartParser.spool_max_size = spool

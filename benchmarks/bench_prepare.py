@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
+from glasses.machine import banner  # noqa: E402
 from glasses.preprocessing import decode, to_uint8  # noqa: E402
 from training.cache import decode_all  # noqa: E402
 from training.prepare import prepare  # noqa: E402
@@ -166,7 +167,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="runs per variant, best kept (default %(default)s)")
     ap.add_argument("--gil-only", action="store_true", help="only the GIL probe (quick)")
     args = ap.parse_args()
-    print(f"cpus: {os.cpu_count()}   {load()}   (machine shared with other jobs: figures are indicative)")
+    print(banner() + "   (machine shared with other jobs: figures are indicative)")
     tmp = Path(tempfile.mkdtemp(prefix="bench-prepare-"))
     try:
         kaggle = make_kaggle_pngs(tmp / "kaggle", args.n)

@@ -222,6 +222,11 @@ GROUP_COLUMNS: tuple[str, ...] = ("celeba_identity", "identity", "person", "grou
 KAGGLE_HOST = "www.kaggle.com"
 KAGGLE_TIMEOUT = 10.0  # seconds to wait for Kaggle to answer before giving up
 
+# --- label review (training/review.py, docs/review.md) ------------------------------------------
+REVIEW_FOLDS = 5  # folds grouped by person: each photo is scored by a classifier that never saw its person
+REVIEW_C = 0.1  # inverse L2 strength of the per-fold logistic regression on standardised features
+REVIEW_SHEET_TOP = 50  # suspects on the contact sheet and the HTML page
+
 # --- load tests and serving benchmark (loadtests/) ----------------------------------------------
 # Generated upload set in realistic sizes: CelebA photo JPEGs and Kaggle GAN-face PNGs.
 LOADTEST_JPEG_SIZE: tuple[int, int] = (178, 218)  # width, height

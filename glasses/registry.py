@@ -6,7 +6,7 @@ model is a `glasses_classifier:<version>` holding `model.keras` plus metadata. W
 beside the store, so BentoML's own `bentoml models ...` commands keep working unchanged.
 
     store:    save_version, import_version, export_version, list_models, list_versions, get_model
-    pointer:  promote, promoted_tag, resolve_tag (GLASSES_MODEL > promoted > newest > bundled)
+    pointer:  promote, promoted_tag, resolve (GLASSES_MODEL > promoted > newest > bundled)
     versions: model_card (what GET /model shows), check_servable (can this code score it?)
 """
 
@@ -15,11 +15,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tarfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import bentoml
+import yaml
 
 from glasses import preprocessing
 from glasses.config import (
@@ -71,13 +73,29 @@ def save_version(model: Any, *, metadata: dict[str, Any], labels: dict[str, Any]
             shutil.rmtree(tmp_path, ignore_errors=True)
 
 
-def import_version(path: str | Path) -> str:
-    """Import a `.bentomodel` archive into the store; returns its tag (not promoted)."""
+def archive_tag(path: Path) -> str:
+    """The tag recorded in a `.bentomodel` archive (its model.yaml), read without importing it."""
+    try:
+        with tarfile.open(path) as archive:
+            [member] = [m for m in archive.getmembers() if m.name.lstrip("./") == "model.yaml"]
+            info = yaml.safe_load(archive.extractfile(member).read())
+        return f"{info['name']}:{info['version']}"
+    except Exception as exc:  # noqa: BLE001 (tarfile/yaml/KeyError for anything that is not an archive)
+        raise RegistryError(f"cannot import {path}: not a valid .bentomodel archive ({type(exc).__name__})") from None
+
+
+def import_version(path: str | Path) -> tuple[str, bool]:
+    """Import a `.bentomodel` archive into the store (not promoted): (tag, False if already present)."""
     path = Path(path).resolve()
     if not path.is_file():
         raise RegistryError(f"{path} does not exist")
+    tag = archive_tag(path)
     try:
-        return str(bentoml.models.import_model(str(path)).tag)
+        return str(get_model(tag).tag), False
+    except RegistryError:
+        pass
+    try:
+        return str(bentoml.models.import_model(str(path)).tag), True
     except bentoml.exceptions.BentoMLException as exc:
         raise RegistryError(f"cannot import {path}: {str(exc).splitlines()[0]}") from None
     except Exception as exc:  # tarfile/yaml errors for a corrupt archive
@@ -86,20 +104,22 @@ def import_version(path: str | Path) -> str:
 
 def import_bundled_model(path: Path = BUNDLED_MODEL_FILE) -> str:
     """Import the bundled default `.bentomodel` into the store and return its tag (the store must not
-    hold that version yet: `resolve_tag` calls this only for an empty store)."""
+    hold that version yet: `resolve` calls this only for an empty store)."""
     if not path.exists():
         raise RegistryError(f"bundled model {path} is missing")
-    return import_version(path)
+    return import_version(path)[0]
 
 
-def export_version(tag: str, path: str | Path) -> Path:
-    """Write one version to a `.bentomodel` archive."""
+def export_version(tag: str, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write one version to a `.bentomodel` archive (an existing file only with overwrite)."""
     model = get_model(tag)
     path = Path(path).resolve()  # bentoml resolves relative paths against "/", not the cwd
     if path.suffix != ".bentomodel":
         raise RegistryError(f"export file must end in .bentomodel, got {path.name}")
     if not path.parent.exists():
         raise RegistryError(f"directory {path.parent} does not exist")
+    if path.exists() and not overwrite:
+        raise RegistryError(f"{path} already exists (--overwrite to replace it)")
     return Path(bentoml.models.export_model(str(model.tag), str(path)))
 
 
@@ -197,19 +217,23 @@ def promote(tag: str) -> str:
     return full
 
 
-def resolve_tag(import_default: bool = True) -> str:
-    """The tag to serve: $GLASSES_MODEL, else promoted, else newest, else the bundled default."""
+def resolve(import_default: bool = True) -> tuple[str, str]:
+    """(tag, why) of the version to serve: $GLASSES_MODEL, else promoted, else newest, else bundled."""
     env_tag = os.environ.get(MODEL_ENV_VAR)
     if env_tag:
-        return str(get_model(env_tag).tag)
+        try:
+            return str(get_model(env_tag).tag), f"pinned by ${MODEL_ENV_VAR}"
+        except RegistryError as exc:
+            raise RegistryError(f"${MODEL_ENV_VAR}={env_tag}: {exc}") from None
     tag = promoted_tag()
     if tag:
-        return tag
+        return tag, "promoted in the registry"
     models = list_models()
     if models:
-        return str(models[0].tag)
+        return str(models[0].tag), "newest version in the store (none promoted)"
     if import_default and BUNDLED_MODEL_FILE.exists():
-        return promote(import_bundled_model())
+        tag = promote(import_bundled_model())
+        return tag, f"bundled default {BUNDLED_MODEL_FILE.name} imported into the empty store and promoted"
     raise RegistryError(
         f"no {MODEL_NAME} model in the store at {bentoml_home()}; run `glasses-train run` or "
         f"`glasses-train registry import {BUNDLED_MODEL_FILE}`"

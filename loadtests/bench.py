@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import sys
 import tempfile
@@ -41,7 +40,8 @@ from pathlib import Path
 import numpy as np
 
 from glasses.config import BUNDLED_MODEL_FILE, CLASS_MAP, DEFAULT_THRESHOLD, IMAGE_SIZE, LOADTEST_DIR, MODEL_FILE, SEED
-from loadtests.images import Upload, generate_images, load_images, multipart_body
+from glasses.machine import describe
+from loadtests.images import Upload, check_uploads, generate_images, load_images, multipart_body
 from loadtests.run import run_locust
 from loadtests.server import Server, bentoml_command, free_port
 
@@ -170,15 +170,8 @@ def measure_http(server: Server, images: Path, uploads: list[Upload], out: Path,
             "batch1": before, "batch1_after_load": after}
 
 
-def machine() -> dict:
-    """What the figures were measured on."""
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(), "host": platform.node()}
-
-
 def run_benchmark(args: argparse.Namespace) -> dict:
-    report: dict = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
+    report: dict = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": describe(),
                     "loadavg_before": os.getloadavg(), "users": args.users, "seconds": args.seconds,
                     "warmup": args.warmup, "service_env": args.service_env, "kinds": {}}
     root = args.images or generate_images(LOADTEST_DIR / "images")
@@ -188,6 +181,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         tag, model_file, source = register_model(Path(home))
         report["model"] = {"tag": tag, "source": source}
         uploads = {kind: load_images(folder) for kind, folder in kinds.items()}
+        for batch in uploads.values():
+            check_uploads(batch)
         ceiling = Ceiling(model_file)
         ceilings: dict[str, list[dict]] = {kind: [] for kind in kinds}
 
@@ -243,7 +238,8 @@ def format_report(report: dict) -> str:
     m = report["machine"]
     f = lambda v, spec=".0f": "-" if v is None else format(v, spec)  # noqa: E731
     lines = [
-        f"Serving benchmark, {report['date']}, {m['cpu']} ({m['cores']} cores), "
+        f"Serving benchmark, {report['date']}, {m['cpu']} ({m['cores']} cores; ML flags "
+        f"{' '.join(m['ml_flags']) or 'none'}; TensorFlow oneDNN {m['onednn']}), "
         f"load average before {' / '.join(f'{x:.2f}' for x in report['loadavg_before'])}, "
         f"after {' / '.join(f'{x:.2f}' for x in report['loadavg_after'])}",
         f"model {report['model']['tag']}: {report['model']['source']}",

@@ -91,6 +91,21 @@ def load_images(directory: Path) -> list[Upload]:
     return uploads
 
 
+def check_uploads(uploads: list[Upload]) -> None:
+    """Raise ValueError naming the files the service would refuse (decoded as the service decodes)."""
+    from glasses.preprocessing import ImageDecodeError, decode
+
+    bad = []
+    for upload in uploads:
+        try:
+            decode(upload.data)
+        except ImageDecodeError as exc:
+            bad.append(f"{upload.name} ({exc})")
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise ValueError(f"{len(bad)} of {len(uploads)} files are not usable images: {'; '.join(bad[:3])}{more}")
+
+
 def bad_uploads(good: Upload) -> list[Upload]:
     """Uploads the service must refuse with a 4xx: non-image, empty, truncated, SVG text."""
     return [

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from glasses.config import LOADTEST_DIR, LOADTEST_PROFILES, REPO_ROOT
+from loadtests.images import check_uploads, load_images
 from loadtests.server import Server, ServerError, bentoml_command, free_port
 from loadtests.slo import SLO, EndpointStats, check, format_table, read_stats
 
@@ -128,9 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("users", "run_time", "p95_ms", "p99_ms"):
         if getattr(args, key) is not None:
             profile[key] = getattr(args, key)
-    if args.images and not args.images.is_dir():
-        print(f"loadtests: image folder {args.images} does not exist", file=sys.stderr)
-        return 2
+    if args.images:
+        try:  # a folder the locust users would upload: every file checked now, as the service decodes it
+            check_uploads(load_images(args.images))
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"loadtests: {exc}", file=sys.stderr)
+            return 2
     out = args.out or LOADTEST_DIR / "reports" / f"{args.profile}-{time.strftime('%Y%m%d-%H%M%S')}"
     slo = SLO(p95_ms=profile["p95_ms"], p99_ms=profile["p99_ms"])
 

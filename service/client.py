@@ -1,6 +1,8 @@
 """Command-line client: one verdict per image file from a running service.
 
-    python -m service.client face.jpg [more.png ...] [--url http://127.0.0.1:3000] [--json]
+    python -m service.client face.jpg [more.png ... FOLDER ...] [--url http://127.0.0.1:3000] [--json]
+
+A FOLDER stands for the image files directly inside it (by extension, sorted by name).
 
 Files go to POST /predict_batch in chunks of at most MAX_BATCH_IMAGES files and BATCH_BYTES bytes
 (under the service's body limit); a chunk of one file goes to POST /predict, so a file too large for
@@ -26,8 +28,27 @@ DEFAULT_URL = "http://127.0.0.1:3000"
 BATCH_BYTES = MAX_REQUEST_BYTES - 256 * 1024  # room for the multipart headers of up to 32 parts
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
 class ClientError(Exception):
     """The command cannot run; printed as one line."""
+
+
+def expand_paths(paths: list[Path]) -> list[Path]:
+    """Files as given, folders replaced by the image files directly inside them (sorted)."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise ClientError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise ClientError(f"no such file or folder: {path}")
+    return files
 
 
 def _post(client: httpx.Client, url: str, files: list[tuple[str, tuple[str, bytes]]]) -> httpx.Response:
@@ -92,20 +113,22 @@ def format_result(path: Path, result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service.client", description=__doc__.splitlines()[0])
-    parser.add_argument("files", nargs="+", type=Path, help="image files (JPEG, PNG, WebP, BMP, GIF, TIFF)")
+    parser.add_argument("files", nargs="+", type=Path,
+                        help="image files (JPEG, PNG, WebP, BMP, GIF, TIFF) or folders of them")
     parser.add_argument("--url", default=DEFAULT_URL, help=f"service base URL (default {DEFAULT_URL})")
     parser.add_argument("--json", action="store_true", help="print the service's JSON answers")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per HTTP request")
     args = parser.parse_args(argv)
     try:
-        results = predict_files(args.files, args.url.rstrip("/"), args.timeout)
+        files = expand_paths(args.files)
+        results = predict_files(files, args.url.rstrip("/"), args.timeout)
     except ClientError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps([{"file": str(p), **r} for p, r in zip(args.files, results)], indent=2))
+        print(json.dumps([{"file": str(p), **r} for p, r in zip(files, results)], indent=2))
     else:
-        for path, result in zip(args.files, results):
+        for path, result in zip(files, results):
             print(format_result(path, result))
     return 0 if all("verdict" in r for r in results) else 1
 

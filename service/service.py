@@ -34,6 +34,8 @@ How a request flows, and why (figures and how they were measured: docs/service.m
 
 from __future__ import annotations
 
+import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +58,7 @@ from glasses.config import (
     SERVE_THREADS,
     SERVE_WORKERS,
 )
-from glasses.registry import check_servable, model_card, resolve_tag
+from glasses.registry import RegistryError, check_servable, model_card, resolve
 from service import pages
 from service.batching import BatchInfer, batch_entry
 from service.inference import Classifier, UploadError, decode_upload, verdict
@@ -70,9 +72,16 @@ from service.uploads import (
     read_uploads,
 )
 
+log = logging.getLogger("bentoml.glasses")  # under BentoML's logger: its format and handlers
+
 # Resolved once at import, so `bentoml build` records exactly this model: GLASSES_MODEL > promoted >
-# newest > the bundled default (imported into an empty store).
-MODEL_TAG = resolve_tag()
+# newest > the bundled default (imported into an empty store). A wrong choice stops here, in one line.
+try:
+    MODEL_TAG, MODEL_REASON = resolve()
+except RegistryError as exc:
+    sys.exit(f"glasses service: cannot start: {exc}")
+if MODEL_REASON.startswith("bundled"):  # said once, by the process that did it
+    print(f"glasses service: {MODEL_TAG}: {MODEL_REASON}", file=sys.stderr, flush=True)
 IMAGE_SIZE = int(model_card(bentoml.models.get(MODEL_TAG))["preprocessing"]["image_size"])
 Pixels = pixels_type(IMAGE_SIZE)
 
@@ -105,6 +114,8 @@ class GlassesService:
         self._batch_infer: BatchInfer | None = None
         self._decode_limiter: anyio.CapacityLimiter | None = None
         self._ready = True  # only reached once the model is loaded and warmed up
+        log.info("serving %s (%s), image size %d, threshold %.3f", self.tag, MODEL_REASON, IMAGE_SIZE,
+                 self.threshold)
 
     def __is_ready__(self) -> bool:
         return self._ready

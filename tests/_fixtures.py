@@ -3,6 +3,7 @@
 - make_kaggle_dir / make_kaggle_zip: Kaggle's layout (train.csv `id,v1..v512,glasses`, unlabelled
   test.csv `id,v1..v512`, faces-spring-2020/faces-spring-2020/face-<id>.png), real CSVs and PNGs.
 - make_folders: PATH/glasses, PATH/no_glasses (or no-glasses) of mixed formats + optional labels.csv.
+- flip_folder_labels: plant label errors in a folders source (files moved to the other class folder).
 - write_corrupt_files: truncated PNG/JPEG, a text file named .png, an empty file.
 - face_image: a deterministic synthetic "face" (with or without dark glasses) as a PIL image.
 """
@@ -65,11 +66,12 @@ def kaggle_default_rows(n_train: int = 24, n_test: int = 4) -> tuple[list[tuple[
 
 def make_kaggle_dir(root: Path, *, n_train: int = 24, n_test: int = 4, image_size: int = 64,
                     missing_image_ids: tuple[int, ...] = (), extra_image_ids: tuple[int, ...] = (),
-                    corrupt_ids: tuple[int, ...] = ()) -> Path:
+                    corrupt_ids: tuple[int, ...] = (), mislabelled_ids: tuple[int, ...] = ()) -> Path:
     """Write a Kaggle-layout directory; returns root.
 
     missing_image_ids: labelled ids whose PNG is not written; extra_image_ids: PNGs with no CSV row;
-    corrupt_ids: PNGs written truncated. Real Kaggle images are 1024x1024: pass image_size=1024 to mimic.
+    corrupt_ids: PNGs written truncated; mislabelled_ids: PNGs drawn as the other class than their CSV
+    label (label errors to find). Real Kaggle images are 1024x1024: pass image_size=1024 to mimic.
     """
     root = Path(root)
     img_dir = root / KAGGLE_IMAGE_DIR
@@ -81,7 +83,8 @@ def make_kaggle_dir(root: Path, *, n_train: int = 24, n_test: int = 4, image_siz
     for rid in [r for r, _ in train] + test + list(extra_image_ids):
         if rid in missing_image_ids:
             continue
-        data = _encode(face_image(rid, bool(labels.get(rid, 0)), image_size), "PNG")
+        drawn = bool(labels.get(rid, 0)) != (rid in mislabelled_ids)
+        data = _encode(face_image(rid, drawn, image_size), "PNG")
         if rid in corrupt_ids:
             data = data[: len(data) // 2]
         (img_dir / f"face-{rid}.png").write_bytes(data)
@@ -131,6 +134,29 @@ def make_folders(root: Path, *, n_glasses: int = 12, n_no_glasses: int = 28, per
         lines = [f"file,eyeglasses,{group_column}"] + [f"{f},{g},{p}" for f, g, p in rows]
         (root / "labels.csv").write_text("\n".join(lines) + "\n")
     return root
+
+
+def flip_folder_labels(root: Path, files: list[str]) -> list[str]:
+    """Plant label errors in a folders: source: move each `files` entry (e.g. "glasses/glasses-0003.png")
+    to the other class folder and rewrite labels.csv to match; returns the new relative paths."""
+    root = Path(root)
+    moved = {}
+    for rel in files:
+        cls, name = rel.split("/", 1)
+        other = "no_glasses" if cls == "glasses" else "glasses"
+        (root / other).mkdir(exist_ok=True)
+        (root / rel).rename(root / other / name)
+        moved[rel] = f"{other}/{name}"
+    labels = root / "labels.csv"
+    if labels.exists():
+        lines = labels.read_text().splitlines()
+        out = [lines[0]]
+        for line in lines[1:]:
+            file, _, rest = line.split(",", 2)
+            new = moved.get(file, file)
+            out.append(f"{new},{1 if new.startswith('glasses/') else 0},{rest}")
+        labels.write_text("\n".join(out) + "\n")
+    return [moved[rel] for rel in files]
 
 
 def write_corrupt_files(directory: Path) -> list[str]:

@@ -151,12 +151,16 @@ def test_export_import_round_trip_and_bentoml_cli_sees_the_store(store, manifest
 
     bentoml.models.delete(result.tag)
     assert registry.list_models() == []
-    assert import_version(archive) == result.tag
+    assert import_version(archive) == (result.tag, True)
     x = np.random.default_rng(0).random((4, 64, 64, 3), dtype=np.float32)
     reloaded = keras.saving.load_model(bentoml.models.get(result.tag).path_of(MODEL_FILE), compile=False)
     np.testing.assert_allclose(reloaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6, atol=1e-7)
-    with pytest.raises(UserError, match="already exists"):
-        import_version(archive)
+    assert import_version(archive) == (result.tag, False)  # already present: a no-op, reported
+    assert main(["registry", "import", str(archive)]) == 0
+    assert "already in the store" in capsys.readouterr().out
+    with pytest.raises(UserError, match="already exists"):  # export never overwrites silently
+        export_version(result.tag, "model.bentomodel")
+    assert export_version(result.tag, "model.bentomodel", overwrite=True) == archive
 
     assert main(["registry", "list", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)

@@ -223,7 +223,7 @@ def test_client_cli(server, tmp_path):
     missing = subprocess.run([*cmd, str(tmp_path / "nope.jpg")], capture_output=True, text=True, cwd=REPO_ROOT,
                              timeout=60)
     assert missing.returncode == 2 and missing.stdout == ""
-    assert missing.stderr.strip().splitlines() == [f"error: no such file: {tmp_path / 'nope.jpg'}"]
+    assert missing.stderr.strip().splitlines() == [f"error: no such file or folder: {tmp_path / 'nope.jpg'}"]
 
 
 def test_client_chunks_by_count_and_bytes():

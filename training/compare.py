@@ -42,9 +42,8 @@ def score_version(tag: str, source: str, *, split: str = "test", work_dir: str |
     Returns {"tag", "image_size", "threshold", "ids", "correct", "metrics"}; `ids` and `correct`
     (per photo: verdict right or not) are in split order.
     """
-    import keras
-
     from glasses import registry
+    from glasses.files import load_keras_model
     from training.data import read_manifest
     from training.evaluate import binary_metrics, predict_split
     from training.prepare import prepare
@@ -60,7 +59,7 @@ def score_version(tag: str, source: str, *, split: str = "test", work_dir: str |
     if seen:
         raise UserError(f"{stored.tag} was trained or validated on {seen} of these {len(ids)} {split} photos "
                         f"(its split manifest {meta['split_manifest_path']}): its scores here would be inflated")
-    model = keras.saving.load_model(stored.path_of(MODEL_FILE), compile=False)
+    model = load_keras_model(stored.path_of(MODEL_FILE))
     labels, probs = predict_split(model, manifest_path, split)
     if len(labels) == 0:
         raise UserError(f"the {split} split of {source} is empty")
@@ -85,13 +84,18 @@ def photos_seen_in_training(meta: dict, ids: list[str]) -> int | None:
 def compare(tags: list[str], source: str, *, split: str = "test", work_dir: str | Path = WORK_DIR) -> dict:
     """Score every version on the same photos; the first is the baseline (promoted when one tag)."""
     from glasses import registry
+    from training.sources import check_source
 
-    tags = list(tags)
+    check_source(source)  # every argument is checked before TensorFlow loads
+    tags = [str(registry.get_model(tag).tag) for tag in tags]
     if len(tags) == 1:
         promoted = registry.promoted_tag()
         if promoted is None:
             raise UserError("one TAG compares against the promoted version, and none is promoted: give two TAGs")
         tags.insert(0, promoted)
+    repeated = sorted({t for t in tags if tags.count(t) > 1})
+    if repeated:
+        raise UserError(f"{', '.join(repeated)} is compared with itself: give different versions")
     scored = [score_version(tag, source, split=split, work_dir=work_dir) for tag in tags]
     base = scored[0]
     for other in scored[1:]:

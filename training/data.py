@@ -18,19 +18,27 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from glasses.config import BATCH_SIZE, CLASS_NAMES, SEED, SHUFFLE_BUFFER
-from glasses.files import file_sha256
+from glasses.files import UserError, file_sha256
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
 
 def read_manifest(path: str | Path) -> dict:
-    """Load and sanity-check a split manifest written by `prepare`."""
+    """Load and sanity-check a split manifest written by `prepare`; a bad one is a UserError."""
     path = Path(path)
-    manifest = json.loads(path.read_text())
+    hint = "run `glasses-train prepare` and pass the manifest.json it prints"
+    if not path.is_file():
+        raise UserError(f"manifest {path} does not exist; {hint}")
+    try:
+        manifest = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} is not a split manifest (not JSON: {exc}); {hint}") from None
+    if not isinstance(manifest, dict):
+        raise UserError(f"{path} is not a split manifest (not a JSON object); {hint}")
     for key in ("fingerprint", "size", "preprocessing_version", "cache", "splits", "counts"):
         if key not in manifest:
-            raise ValueError(f"{path} is not a split manifest (no {key!r})")
+            raise UserError(f"{path} is not a split manifest (no {key!r}); {hint}")
     return manifest
 
 

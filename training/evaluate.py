@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from glasses.config import BATCH_SIZE, CLASS_NAMES, DEFAULT_THRESHOLD, POSITIVE_CLASS
-from glasses.files import file_sha256
+from glasses.files import check_keras_file, file_sha256, load_keras_model
 from training.cli import UserError
 from training.rundir import RunDir
 
@@ -165,31 +165,27 @@ def evaluate(
     Returns the report dict (metrics under "metrics", the threshold and how it was chosen under
     "threshold"); with out_dir, also writes evaluation.json and learning_curves.png there.
     """
-    import keras
-
     from training.data import manifest_hash, read_manifest
 
     model_sha256 = None  # identifies the evaluated file, so `register` can check the report is its own
-    if isinstance(model, (str, Path)):
-        model_path = Path(model)
-        if not model_path.exists():
-            raise UserError(f"model {model_path} does not exist")
-        model_sha256 = file_sha256(model_path)
-        model = keras.saving.load_model(model_path, compile=False)
+    model_path = check_keras_file(model) if isinstance(model, (str, Path)) else None
     manifest_path = Path(manifest_path)
-    if not manifest_path.exists():
-        raise UserError(f"manifest {manifest_path} does not exist")
-    manifest = read_manifest(manifest_path)
+    manifest = read_manifest(manifest_path)  # wrong files and values fail here, before TensorFlow loads
+    if str(threshold) != "val_balanced_accuracy":
+        try:
+            threshold = float(threshold)
+        except ValueError:
+            raise UserError(f"threshold must be a number or val_balanced_accuracy, got {threshold!r}") from None
+    if model_path is not None:
+        model_sha256 = file_sha256(model_path)
+        model = load_keras_model(model_path)
     started = time.monotonic()
     val_true, val_prob = predict_split(model, manifest_path, "val", batch_size)
     if str(threshold) == "val_balanced_accuracy":
         value = choose_threshold(val_true, val_prob)
         method = f"maximises balanced accuracy on the validation split (n={len(val_true)})"
     else:
-        try:
-            value = float(threshold)
-        except ValueError:
-            raise UserError(f"threshold must be a number or val_balanced_accuracy, got {threshold!r}") from None
+        value = threshold
         method = "fixed" if value != DEFAULT_THRESHOLD else "fixed at 0.5 (default)"
     test_true, test_prob = predict_split(model, manifest_path, "test", batch_size)
     if len(test_true) == 0:

@@ -178,10 +178,8 @@ def register(run_dir: str | Path, *, force: bool = False, promote: bool = True) 
 
     Raises UserError (one line) when the gate refuses and force is False; nothing is registered then.
     """
-    import keras
-
     from glasses import registry
-    from glasses.files import file_sha256
+    from glasses.files import file_sha256, load_keras_model
     from training.rundir import RunDir
 
     run = RunDir(run_dir)
@@ -199,7 +197,7 @@ def register(run_dir: str | Path, *, force: bool = False, promote: bool = True) 
                       floor=profile.gate_floor)
     if not gate.passed and not force:
         raise UserError(f"quality gate refused the model: {gate.reason} (use --force to register anyway)")
-    model = keras.saving.load_model(run.model, compile=False)
+    model = load_keras_model(run.model)
     metadata = build_metadata(summary, report, profile, gate=gate, forced=force and not gate.passed)
     labels = {
         "profile": profile.name,
@@ -232,7 +230,10 @@ def _register_cli(args) -> int:
 
 def add_cli(subparsers) -> None:
     """`glasses-train register --run-dir D [--force] [--no-promote]`."""
-    p = subparsers.add_parser("register", help="quality gate + save a run's model into the BentoML store")
+    p = subparsers.add_parser(
+        "register", help="quality gate + save a run's model into the BentoML store",
+        description="Check a tuned and evaluated run against the quality gate, save its model as a new "
+                    "version in the BentoML store (the registry) and promote it unless --no-promote or forced.")
     p.add_argument("--run-dir", required=True, type=Path, help="run directory (tune + evaluate done)")
     p.add_argument("--force", action="store_true", help="register even if the quality gate refuses (recorded)")
     p.add_argument("--no-promote", action="store_true", help="register without promoting")

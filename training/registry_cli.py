@@ -3,8 +3,8 @@
     list [--json]       every version, newest first, with key test metrics; * = promoted (served by default)
     show TAG            labels and metadata of one version
     promote TAG         serve this version by default (rollback = promote an older one)
-    export TAG FILE     write a version to a .bentomodel archive
-    import FILE         add a .bentomodel archive to the store (not promoted)
+    export TAG FILE     write a version to a .bentomodel archive (never over an existing file; --overwrite)
+    import FILE         add a .bentomodel archive to the store (not promoted; one already there is kept)
 
 The store is $BENTOML_HOME (default ~/bentoml); BentoML's own `bentoml models list/get/export/import`
 work on the same store. All store access is glasses/registry.py.
@@ -60,14 +60,16 @@ def _promote(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from glasses import registry
 
-    path = registry.export_version(args.tag, args.file)
+    path = registry.export_version(args.tag, args.file, overwrite=args.overwrite)
     print(f"exported {registry.get_model(args.tag).tag} -> {path}")
 
 
 def _import(args: argparse.Namespace) -> None:
     from glasses import registry
 
-    print(f"imported {registry.import_version(args.file)} (not promoted; `glasses-train registry promote TAG`)")
+    tag, added = registry.import_version(args.file)
+    print(f"imported {tag} (not promoted; `glasses-train registry promote {tag}`)" if added
+          else f"{tag} is already in the store: nothing imported")
 
 
 ACTIONS: dict[str, Callable[[argparse.Namespace], None]] = {
@@ -92,5 +94,6 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     ex = sub.add_parser("export", help="write a version to a .bentomodel file")
     ex.add_argument("tag")
     ex.add_argument("file", type=Path)
+    ex.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
     sub.add_parser("import", help="import a .bentomodel file").add_argument("file", type=Path)
     r.set_defaults(func=_cli)

@@ -81,6 +81,13 @@ def parse_source(source: str) -> tuple[str, str]:
     return kind, path
 
 
+def check_source(source: str) -> None:
+    """Fail in one line now (before any heavy import) when SRC is malformed or its path is missing."""
+    kind, path = parse_source(source)
+    if kind != "kaggle":
+        _existing(path, "folder" if kind == "folders" else "Kaggle download")
+
+
 def _existing(path: str, what: str) -> Path:
     p = Path(path).expanduser().resolve()
     if not p.exists():

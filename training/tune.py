@@ -216,10 +216,8 @@ def _inputs(manifest_path: str | Path, profile: str | TuningProfile) -> tuple[Pa
     from training.data import read_manifest
 
     manifest_path = Path(manifest_path)
-    if not manifest_path.exists():
-        raise UserError(f"manifest {manifest_path} does not exist; run `glasses-train prepare` first")
     profile = get_profile(profile) if isinstance(profile, str) else profile
-    manifest = read_manifest(manifest_path)
+    manifest = read_manifest(manifest_path)  # a wrong path or file fails here, before TensorFlow loads
     size = int(manifest["size"])
     if size != profile.image_size:
         print(f"[tune] note: manifest images are {size}px; profile says {profile.image_size}: using {size}")
