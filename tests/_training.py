@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from loadtests.server import QUIET_ENV
+
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 TINY_SIZE = 64
@@ -38,7 +40,7 @@ def tiny_manifest(base: Path) -> Path:
 def cli_env(**extra: str) -> dict[str, str]:
     """Environment for a `glasses-train` subprocess: quiet TF, repo importable, no stray KERASTUNER_*."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KERASTUNER_")}
-    env.update({"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"})
+    env.update({**QUIET_ENV, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"})
     env.update(extra)
     return env
 
