@@ -1,4 +1,4 @@
-# The glasses verdict service: Debian bookworm slim, Python 3.11, CPU TensorFlow, the model baked in.
+# The glasses verdict service: Debian bookworm slim, Python 3.11, LiteRT (no TensorFlow), the model baked in.
 #
 #   scripts/container.sh build         # here: podman, the local debootstrap base (docs/container.md)
 #   docker build --build-arg BASE_IMAGE=debian:bookworm-slim -t glasses-verdict .   # with a registry
@@ -10,13 +10,12 @@
 #   MODEL_FILE  the exported .bentomodel to bake in, relative to the build context
 #               (default: the bundled default model)
 #
-# One stage on purpose: everything the build needs (uv, binutils, apt lists, the .bentomodel archive)
-# is installed and removed inside the RUN that uses it, or only bind-mounted, so no layer keeps it;
-# a builder stage would only add a copy of the 1 GB virtualenv.
+# One stage on purpose: everything the build needs (uv, the .bentomodel archive) is installed and
+# removed inside the RUN that uses it, or only bind-mounted, so no layer keeps it.
 ARG BASE_IMAGE=localhost/glasses-base:bookworm
 FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="glasses-verdict" \
-      org.opencontainers.image.description="Glasses / no-glasses verdict microservice (BentoML, Keras, TensorFlow CPU)"
+      org.opencontainers.image.description="Glasses / no-glasses verdict microservice (BentoML, LiteRT)"
 
 # Debian's python3 when the base lacks it (debian:bookworm-slim); a no-op on the local base. The
 # server's non-root user.
@@ -33,32 +32,26 @@ ENV LANG=C.UTF-8 \
     PATH=/opt/venv/bin:$PATH
 
 # The runtime virtualenv: one layer, cached until pyproject.toml changes.
-#  - requirements = [project].dependencies + the `cpu` extra, read from pyproject.toml, so the pins
-#    never drift and no train/dev extra (pytest, locust, kaggle, keras-tuner) gets in;
+#  - requirements = [project].dependencies, read from pyproject.toml: the serving runtime only
+#    (BentoML, Pillow, numpy, ai-edge-litert), so the pins never drift and no TensorFlow, Keras or
+#    train/dev extra gets in; versions are served on LiteRT (their model.tflite, glasses/runtimes.py);
 #  - uv (pinned, in a throwaway venv; SSL_CERT_FILE = the system CA bundle) installs them from PyPI
-#    with parallel downloads, about a minute faster than pip on a cold build;
-#  - slimming: TensorFlow's C++ headers (~290 MB, only for building custom ops), libclang (declared
-#    by tensorflow, never imported to serve), symbol tables of TensorFlow's libraries (`strip`; the
-#    dynamic symbols that loading needs stay; ~250 MB), the packages' own test suites.
+#    with parallel downloads;
+#  - slimming: the packages' own test suites and LiteRT's WebGPU accelerator (19 MB; CPU only here).
 WORKDIR /app
 COPY pyproject.toml ./
 RUN set -eu \
-    && apt-get update \
-    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends binutils >/dev/null \
     && python3 -m venv /tmp/uv && /tmp/uv/bin/pip install --quiet --no-cache-dir uv==0.13.8 \
     && python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + p['optional-dependencies']['cpu']))" >/tmp/requirements.txt \
+print('\n'.join(p['dependencies']))" >/tmp/requirements.txt \
     && cat /tmp/requirements.txt \
     && python3 -m venv --without-pip /opt/venv \
     && SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt /tmp/uv/bin/uv pip install --no-cache \
         --python /opt/venv/bin/python --compile-bytecode -r /tmp/requirements.txt \
-    && /tmp/uv/bin/uv pip uninstall --python /opt/venv/bin/python libclang \
     && cd /opt/venv/lib/python3.11/site-packages \
-    && rm -rf tensorflow/include \
-    && find tensorflow -name "*.so*" -type f -exec strip --strip-unneeded {} + \
-    && find . -path ./tensorflow -prune -o -type d \( -name tests -o -name test \) -prune -exec rm -rf {} + \
-    && apt-get purge -y --auto-remove binutils >/dev/null && apt-get clean \
-    && rm -rf /tmp/uv /tmp/requirements.txt /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt /var/log/dpkg.log
+    && find . -type d \( -name tests -o -name test \) -prune -exec rm -rf {} + \
+    && rm -f ai_edge_litert/libLiteRtWebGpuAccelerator.so \
+    && rm -rf /tmp/uv /tmp/requirements.txt
 
 # The service code (what `make serve` runs: bentofile.yaml -> service/service.py, glasses/).
 COPY bentofile.yaml ./
@@ -79,7 +72,7 @@ print('baked model:', promote(import_bundled_model(Path('/tmp/model.bentomodel')
 
 ENV BENTOML_HOST=0.0.0.0 \
     BENTOML_PORT=3000 \
-    TF_CPP_MIN_LOG_LEVEL=2
+    GLASSES_RUNTIME=litert
 USER glasses
 EXPOSE 3000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \

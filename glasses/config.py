@@ -176,6 +176,15 @@ TUNING_PROFILES: dict[str, TuningProfile] = {
         ),
     )
 }
+# How fast a training step runs, never what it computes (training/acceleration.py; measurements in
+# docs/training.md). Precision: "auto" = mixed_bfloat16 where the CPU has avx512_bf16/amx_bf16 and
+# oneDNN is on, else float32 (the sigmoid output and the loss are float32 either way; the saved
+# model is float32). XLA: "auto" = off on CPU. Threads: 0 = TensorFlow's default (one per core).
+TRAIN_PRECISION = os.environ.get("GLASSES_PRECISION", "auto")  # auto | float32 | mixed_bfloat16
+TRAIN_JIT = os.environ.get("GLASSES_JIT", "auto")  # auto | on | off
+TRAIN_INTRA_THREADS = int(os.environ.get("GLASSES_INTRA_THREADS", "0"))
+TRAIN_INTER_THREADS = int(os.environ.get("GLASSES_INTER_THREADS", "0"))
+TRAIN_STEPS_PER_EXECUTION = int(os.environ.get("GLASSES_STEPS_PER_EXECUTION", "1"))
 TUNING_SUBDIR = "tuning"  # WORK_DIR/tuning/<profile>-<data fingerprint[:12]>/ (keras-tuner project)
 RUNS_SUBDIR = "runs"  # WORK_DIR/runs/<timestamp>-<profile>-<id>/ (layout: training/rundir.py)
 IMBALANCE_WARNING_BELOW = 0.3  # minority-class share under which accuracy objectives get a warning
@@ -186,11 +195,32 @@ PAPER_RESULTS: dict[str, dict] = {
     "hyperband": {"accuracy": 0.99, "loss": 0.10},
 }
 
+# --- model runtimes (training/convert.py converts, glasses/runtimes.py loads) -------------------
+LITERT_MODEL_FILE = "model.tflite"  # beside MODEL_FILE when the LiteRT conversion passed its check
+RUNTIMES: tuple[str, ...] = ("tf", "litert")
+# Which runtime serves: "auto" = LiteRT when the version has a model.tflite, else TensorFlow.
+SERVE_RUNTIME = os.environ.get("GLASSES_RUNTIME", "auto")
+LITERT_TOLERANCE = 1e-5  # max |P(glasses) LiteRT - Keras| on the check images, else the conversion is refused
+LITERT_THREADS = int(os.environ.get("GLASSES_LITERT_THREADS", "1"))  # XNNPACK threads per interpreter
+# Interpreter batch: larger batches run in chunks of this size (the tensor arena grows with the batch:
+# ~75 MB RSS at 16 against ~230 MB at 64 for the bundled model; per image, 16 is as fast).
+LITERT_MAX_BATCH = 16
+
 # --- prediction service (service/) --------------------------------------------------------------
 # Request limits (bad input gets a 4xx JSON, see docs/service.md). The body limit fits a batch of
 # phone photos; a request over it is refused with 413 before it is read into memory.
 MAX_REQUEST_BYTES = 32 * 1024 * 1024  # whole HTTP body of any POST
 MAX_BATCH_IMAGES = 32  # images in one /predict_batch request
+# Slow clients and large bodies (service/limits.py). A connection whose request head is not complete
+# HEADER_TIMEOUT_S after it opened (or after its previous response) is closed; a body not received in
+# full BODY_TIMEOUT_S after the service starts reading it gets 408. Bodies of UPLOAD_BUDGET_MIN_BYTES or
+# more share UPLOAD_BUDGET_BYTES per worker: past it, a request waits (its body unread, in the socket)
+# up to UPLOAD_WAIT_S, then 503. A body in flight costs ~3x its size (parser, bytes, decoded pixels).
+HEADER_TIMEOUT_S = float(os.environ.get("GLASSES_HEADER_TIMEOUT_S", "10"))
+BODY_TIMEOUT_S = float(os.environ.get("GLASSES_BODY_TIMEOUT_S", "60"))
+UPLOAD_BUDGET_BYTES = int(os.environ.get("GLASSES_UPLOAD_BUDGET_BYTES", str(64 * 1024 * 1024)))
+UPLOAD_BUDGET_MIN_BYTES = 1024 * 1024
+UPLOAD_WAIT_S = 30.0
 # Adaptive batching and process layout, chosen from measurements on the 2-core box (docs/service.md)
 # (the reasoning is in the comment at the top of service/service.py).
 SERVE_MAX_BATCH_SIZE = 64

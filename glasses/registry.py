@@ -1,9 +1,10 @@
 """The model registry: every read and write of the model store goes through this module.
 
 The registry is a BentoML model store (`$BENTOML_HOME`, default `~/bentoml`): every registered
-model is a `glasses_classifier:<version>` holding `model.keras` plus metadata. Which version is
-*promoted* (served by default) is recorded in a pointer file, `$BENTOML_HOME/glasses_registry.json`,
-beside the store, so BentoML's own `bentoml models ...` commands keep working unchanged.
+model is a `glasses_classifier:<version>` holding `model.keras` (and `model.tflite` when its LiteRT
+conversion passed, see training/convert.py) plus metadata. Which version is *promoted* (served by
+default) is recorded in a pointer file, `$BENTOML_HOME/glasses_registry.json`, beside the store, so
+BentoML's own `bentoml models ...` commands keep working unchanged.
 
     store:    save_version, import_version, export_version, list_models, list_versions, get_model
     pointer:  promote, promoted_tag, resolve (GLASSES_MODEL > promoted > newest > bundled)
@@ -29,12 +30,14 @@ from glasses.config import (
     CLASS_MAP,
     DEFAULT_THRESHOLD,
     IMAGE_SIZE,
+    LITERT_MODEL_FILE,
     MODEL_ENV_VAR,
     MODEL_FILE,
     MODEL_NAME,
     POSITIVE_CLASS,
 )
 from glasses.files import UserError, write_json_atomic
+from glasses.runtimes import available_runtimes
 
 
 # Key metrics `list_versions` shows for every version.
@@ -58,15 +61,21 @@ def store_dir() -> Path:
 
 
 # --- the store ----------------------------------------------------------------------------------
-def save_version(model: Any, *, metadata: dict[str, Any], labels: dict[str, Any]) -> str:
-    """Save a keras.Model as a new `glasses_classifier` version; returns its tag. All or nothing:
-    BentoML copies into the store only when the block exits cleanly."""
+def save_version(model: Any, *, metadata: dict[str, Any], labels: dict[str, Any], litert: bytes | None = None,
+                 files: dict[str, Path] | None = None) -> str:
+    """Save a keras.Model (and its checked LiteRT model, if given) as a new `glasses_classifier` version;
+    returns its tag. All or nothing: BentoML copies into the store only when the block exits cleanly.
+    `files` ({name: path}) are stored beside the model (the run's HTML report and test predictions)."""
     labels = {str(k): str(v) for k, v in labels.items()}
     tmp_path = None
     try:
         with bentoml.models.create(MODEL_NAME, labels=labels, metadata=metadata) as ctx:
             tmp_path = Path(ctx.path)
             model.save(ctx.path_of(MODEL_FILE))
+            if litert is not None:
+                Path(ctx.path_of(LITERT_MODEL_FILE)).write_bytes(litert)
+            for name, source in (files or {}).items():
+                shutil.copyfile(source, ctx.path_of(name))
         return str(ctx.tag)
     finally:
         if tmp_path is not None and tmp_path.exists():  # BentoML leaves its temp dir behind
@@ -268,6 +277,8 @@ def model_card(bento_model: Any) -> dict[str, Any]:
         "profile": meta.get("profile"),
         "objective": meta.get("objective"),
         "hyperparameters": meta.get("hyperparameters") or {},
+        "runtimes": available_runtimes(bento_model),  # model files present: "tf" (model.keras), "litert"
+        "litert": meta.get("litert"),  # the conversion check recorded at registration (training/convert.py)
     }
 
 

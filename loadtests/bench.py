@@ -4,15 +4,18 @@
 
 In one run, on the same machine, with the same model and the same images (per upload kind:
 178x218 JPEG and 1024x1024 PNG, generated, see loadtests/images.py):
-1. ceiling: decode + preprocess (glasses.preprocessing, a thread per core) + batched compiled inference
-   (`model(x, training=False)` in a tf.function with a fixed signature, batch 64), in this process: images/s;
+1. ceiling: decode + preprocess (glasses.preprocessing, a thread per core) + batched inference (batch
+   64) in this process, once per runtime (tf: the compiled tf.function; litert: the interpreter on
+   every core), through the one loader (glasses.runtimes): images/s; the best pipeline counts;
 2. service: the real `bentoml serve` on 127.0.0.1 under saturating load (locust FastHttpUser in a
    subprocess, users back-to-back, single-image POST /predict): successful req/s and p50/p95/p99;
-3. naive: loadtests/naive_app.py (starlette + uvicorn, `model.predict` per request), same load.
+3. peer: loadtests/idiomatic_app.py, the service as BentoML's documentation writes it
+   (`@bentoml.api(batchable=True)` over list[PIL.Image], default settings; same loader), same load;
+4. naive: loadtests/naive_app.py (starlette + uvicorn, `model.predict` per request), same load.
 For both servers also: batch-1 latency (sequential single requests, one at a time) before and right
 after the saturating load (a release rule that keeps waiting after a burst shows up there), and for
 the service BentoML's mean adaptive batch size during the load (from /metrics).
-Ratios: service/ceiling and service/naive. The ceiling is measured before and after the servers and
+Ratios: service/ceiling, service/peer and service/naive. The ceiling is measured before and after the servers and
 the better run counts. The load generator shares the 2 cores: its own CPU use (cores busy during the
 measured window) is measured and reported beside each figure, as is the server's, and
 os.getloadavg() before and after (other work on the machine skews every figure). As a
@@ -39,15 +42,27 @@ from pathlib import Path
 
 import numpy as np
 
-from glasses.config import BUNDLED_MODEL_FILE, CLASS_MAP, DEFAULT_THRESHOLD, IMAGE_SIZE, LOADTEST_DIR, MODEL_FILE, SEED
+from glasses.config import (
+    BUNDLED_MODEL_FILE,
+    CLASS_MAP,
+    DEFAULT_THRESHOLD,
+    IMAGE_SIZE,
+    LITERT_MODEL_FILE,
+    LOADTEST_DIR,
+    MODEL_FILE,
+    SEED,
+)
 from glasses.machine import describe
+from glasses.runtimes import available_runtimes
 from loadtests.images import Upload, check_uploads, generate_images, load_images, multipart_body
 from loadtests.run import run_locust
 from loadtests.server import Server, bentoml_command, free_port
 
 KIND_LABELS = {"jpeg": "178x218 JPEG", "png": "1024x1024 PNG"}
 # Goals from the issue: service/ceiling and service/naive per upload kind (None = no goal).
-GOALS = {"jpeg": {"service/ceiling": 0.6, "service/naive": 10.0}, "png": {"service/ceiling": 0.85, "service/naive": None}}
+GOALS = {"jpeg": {"service/ceiling": 0.8, "service/peer": None, "service/naive": 10.0},
+         "png": {"service/ceiling": 0.9, "service/peer": None, "service/naive": None}}
+TARGETS = ("service", "peer", "naive")
 CEILING_BATCH = 64
 LATENCY_REQUESTS = 100  # sequential batch-1 requests before and after each saturating load
 
@@ -62,54 +77,57 @@ def register_model(home: Path) -> tuple[str, Path, str]:
     else:
         import keras
 
+        from training import convert
         from training.models import PAPER_BEST_HYPERPARAMETERS, build_from_hyperparameters
 
         keras.utils.set_random_seed(SEED)
         model = build_from_hyperparameters(PAPER_BEST_HYPERPARAMETERS)
+        conversion = convert.convert_checked(model, convert.generated_check_images(IMAGE_SIZE))
         metadata = {"image_size": IMAGE_SIZE, "preprocessing_version": preprocessing.PREPROCESSING_VERSION,
                     "class_map": CLASS_MAP, "threshold": DEFAULT_THRESHOLD,
                     "hyperparameters": PAPER_BEST_HYPERPARAMETERS, "data_source": "none (seeded weights, benchmark)"}
-        tag = registry.save_version(model, metadata=metadata, labels={"stage": "benchmark"})
+        tag = registry.save_version(model, metadata=metadata | {"litert": conversion.metadata()},
+                                    labels={"stage": "benchmark"}, litert=conversion.tflite)
         source = f"paper's best CNN ({model.count_params():,} params), seeded weights"
     return tag, Path(registry.get_model(tag).path_of(MODEL_FILE)), source
 
 
 class Ceiling:
-    """Decode + preprocess + compiled batched inference, in this process (what the hardware allows)."""
+    """Decode + preprocess + batched inference with one runtime, in this process (what the hardware allows)."""
 
-    def __init__(self, model_file: Path, batch: int = CEILING_BATCH):
-        import keras
-        import tensorflow as tf
+    def __init__(self, version_dir: Path, runtime: str, batch: int = CEILING_BATCH):
+        from glasses.runtimes import LiteRTClassifier, load_classifier
 
-        self.tf, self.batch = tf, batch
-        model = keras.saving.load_model(model_file, compile=False)
-        self.infer = tf.function(lambda x: model(x, training=False),
-                                 input_signature=[tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32)])
-        self.infer(tf.zeros([batch, IMAGE_SIZE, IMAGE_SIZE, 3])).numpy()  # trace once
+        self.runtime, self.batch = runtime, batch
+        if runtime == "litert":  # in-process, nothing else runs: the interpreter gets every core
+            self.classify = LiteRTClassifier(version_dir / LITERT_MODEL_FILE, IMAGE_SIZE, threads=os.cpu_count() or 1)
+        else:
+            self.classify = load_classifier(version_dir, runtime, IMAGE_SIZE)
+        self.classify.warm_up((batch,))
 
     def measure(self, uploads: list, seconds: float) -> dict:
         """images/s (and its two parts) over `seconds`; CPU ms per image from this process's CPU time."""
-        from glasses.preprocessing import preprocess
+        from glasses.preprocessing import to_uint8
 
         datas = [u.data for u in uploads]
         threads = os.cpu_count() or 2
         with ThreadPoolExecutor(threads) as pool:  # PIL releases the GIL while decoding/resizing
-            self.infer(self.tf.constant(np.stack(list(pool.map(preprocess, datas[:self.batch] * 2))[:self.batch])))
+            self.classify(np.stack(list(pool.map(to_uint8, datas[:self.batch] * 2))[:self.batch]))
             n, decode_s, infer_s, i = 0, 0.0, 0.0, 0
             cpu0, start = time.process_time(), time.perf_counter()
             while time.perf_counter() - start < seconds:
                 chunk = [datas[(i + k) % len(datas)] for k in range(self.batch)]
                 i += self.batch
                 t0 = time.perf_counter()
-                x = np.stack(list(pool.map(preprocess, chunk)))
+                x = np.stack(list(pool.map(to_uint8, chunk)))
                 t1 = time.perf_counter()
-                n += len(self.infer(self.tf.constant(x)).numpy())
+                n += len(self.classify(x))
                 infer_s += time.perf_counter() - t1
                 decode_s += t1 - t0
             cpu = time.process_time() - cpu0
         return {"images_per_s": n / (decode_s + infer_s), "images": n, "decode_images_per_s": n / decode_s,
                 "infer_images_per_s": n / infer_s, "cpu_ms_per_image": 1000 * cpu / n, "batch": self.batch,
-                "decode_threads": threads}
+                "decode_threads": threads, "runtime": self.runtime}
 
 
 def batch1_latency(url: str, uploads: list[Upload], n: int) -> dict:
@@ -170,6 +188,36 @@ def measure_http(server: Server, images: Path, uploads: list[Upload], out: Path,
             "batch1": before, "batch1_after_load": after}
 
 
+def http_targets(home: str, tag: str, model_file: Path, service_env: dict) -> dict:
+    """name -> (command(port), extra environment) of each server compared, in the order they run."""
+    store = {"BENTOML_HOME": home, "GLASSES_MODEL": tag}
+    return {
+        "service": (bentoml_command, {**store, **service_env}),
+        "peer": (lambda port: bentoml_command(port, ("loadtests.idiomatic_app:IdiomaticService",)), store),
+        "naive": (lambda port: [sys.executable, "-m", "uvicorn", "loadtests.naive_app:app", "--host", "127.0.0.1",
+                                "--port", str(port), "--log-level", "warning"],
+                  {"GLASSES_NAIVE_MODEL": str(model_file)}),
+    }
+
+
+def ratios(res: dict) -> dict:
+    """Throughput ratios of the service to the ceiling and each server, and the same from CPU per image.
+
+    Load-independent view: on an idle machine where both sides are CPU-bound on all cores, the
+    throughput ratio would be the inverse ratio of CPU per image.
+    """
+    service = res["service"]
+    out = {"ratios": {"service/ceiling": service["req_per_s"] / res["ceiling"]["images_per_s"]},
+           "cpu_ratios": {"service/ceiling": res["ceiling"]["cpu_ms_per_image"] / service["cpu_ms_per_request"]}}
+    for other in TARGETS[1:]:
+        r = res[other]
+        out["ratios"][f"service/{other}"] = service["req_per_s"] / r["req_per_s"] if r["req_per_s"] else None
+        out["cpu_ratios"][f"service/{other}"] = (r["cpu_ms_per_request"] / service["cpu_ms_per_request"]
+                                                 if r["cpu_ms_per_request"] else None)
+    out["goals"] = GOALS.get(res.get("kind", ""), {})
+    return out
+
+
 def run_benchmark(args: argparse.Namespace) -> dict:
     report: dict = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": describe(),
                     "loadavg_before": os.getloadavg(), "users": args.users, "seconds": args.seconds,
@@ -183,25 +231,20 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         uploads = {kind: load_images(folder) for kind, folder in kinds.items()}
         for batch in uploads.values():
             check_uploads(batch)
-        ceiling = Ceiling(model_file)
+        pipelines = [Ceiling(model_file.parent, runtime) for runtime in available_runtimes(model_file.parent)]
         ceilings: dict[str, list[dict]] = {kind: [] for kind in kinds}
 
         def measure_ceilings() -> None:  # run before and after the HTTP targets; the better run counts
             for kind in kinds:
-                log(f"ceiling {kind} ...")
-                ceilings[kind].append(ceiling.measure(uploads[kind], args.ceiling_seconds))
+                for pipeline in pipelines:
+                    log(f"ceiling {kind} ({pipeline.runtime}) ...")
+                    ceilings[kind].append(pipeline.measure(uploads[kind], args.ceiling_seconds))
 
         for kind in kinds:
             report["kinds"][kind] = {"label": KIND_LABELS.get(kind, kind), "files": len(uploads[kind]),
                                      "mean_bytes": int(np.mean([len(u.data) for u in uploads[kind]]))}
         measure_ceilings()
-        targets = {
-            "service": (bentoml_command, {"BENTOML_HOME": home, "GLASSES_MODEL": tag, **args.service_env}),
-            "naive": (lambda port: [sys.executable, "-m", "uvicorn", "loadtests.naive_app:app", "--host", "127.0.0.1",
-                                    "--port", str(port), "--log-level", "warning"],
-                      {"GLASSES_NAIVE_MODEL": str(model_file)}),
-        }
-        for target, (command, env) in targets.items():
+        for target, (command, env) in http_targets(home, tag, model_file, args.service_env).items():
             port = free_port()
             log(f"starting {target} on 127.0.0.1:{port} ...")
             with Server(command(port), port, env=env) as server:
@@ -212,18 +255,10 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                                                                  args.users, args.seconds, args.warmup)
         measure_ceilings()
     for kind, res in report["kinds"].items():
-        res["ceiling_runs"] = [c["images_per_s"] for c in ceilings[kind]]
+        res["kind"] = kind
+        res["ceiling_runs"] = [f"{c['runtime']} {c['images_per_s']:.0f}" for c in ceilings[kind]]
         res["ceiling"] = max(ceilings[kind], key=lambda c: c["images_per_s"])
-        service, naive = res["service"], res["naive"]
-        res["ratios"] = {"service/ceiling": service["req_per_s"] / res["ceiling"]["images_per_s"],
-                         "service/naive": service["req_per_s"] / naive["req_per_s"] if naive["req_per_s"] else None}
-        # Load-independent view: CPU time per image. On an idle machine where both sides are CPU-bound
-        # on all cores, the throughput ratio would be the inverse ratio of CPU per image.
-        res["cpu_ratios"] = {
-            "service/ceiling": res["ceiling"]["cpu_ms_per_image"] / service["cpu_ms_per_request"],
-            "service/naive": naive["cpu_ms_per_request"] / service["cpu_ms_per_request"],
-        }
-        res["goals"] = GOALS.get(kind, {})
+        res.update(ratios(res))
     report["loadavg_after"] = os.getloadavg()
     report["reports"] = str(out)
     return report
@@ -253,10 +288,10 @@ def format_report(report: dict) -> str:
     ]
     for kind, res in report["kinds"].items():
         c = res["ceiling"]
-        runs = " / ".join(f"{x:.0f}" for x in res["ceiling_runs"])
-        lines.append(f"| {res['label']} | ceiling (in-process, batch {c['batch']}; best of {runs}) "
+        runs = " / ".join(res["ceiling_runs"])
+        lines.append(f"| {res['label']} | ceiling (in-process {c['runtime']}, batch {c['batch']}; best of {runs}) "
                      f"| {c['images_per_s']:.1f} | | | | | {c['cpu_ms_per_image']:.2f} | | |")
-        for target in ("service", "naive"):
+        for target in TARGETS:
             r = res[target]
             lines.append(f"| {res['label']} | {target} | {r['req_per_s']:.1f} | {f(r['p50_ms'])} | {f(r['p95_ms'])} "
                          f"| {f(r['p99_ms'])} | {r['failures']}/{r['requests']} | {f(r['cpu_ms_per_request'], '.2f')} "
@@ -271,7 +306,7 @@ def format_report(report: dict) -> str:
     lines += ["", f"| upload | target | batch-1 p50 / p95 ms ({LATENCY_REQUESTS} sequential) | right after the load "
               "| mean adaptive batch under load |", "|---|---|---:|---:|---:|"]
     for kind, res in report["kinds"].items():
-        for target in ("service", "naive"):
+        for target in TARGETS:
             r = res[target]
             b, a = r["batch1"], r["batch1_after_load"]
             lines.append(f"| {res['label']} | {target} | {f(b['p50_ms'], '.1f')} / {f(b['p95_ms'], '.1f')} "
@@ -280,7 +315,8 @@ def format_report(report: dict) -> str:
         f"{res['label']}: decode+preprocess {res['ceiling']['decode_images_per_s']:.0f} "
         f"({res['ceiling']['decode_threads']} threads), compiled inference {res['ceiling']['infer_images_per_s']:.0f}"
         for res in report["kinds"].values())]
-    lines.append(f"server RSS after start: service {report['service_rss_mb']:.0f} MB, naive {report['naive_rss_mb']:.0f} MB")
+    lines.append("server RSS after start (all processes): "
+                 + ", ".join(f"{t} {report[f'{t}_rss_mb']:.0f} MB" for t in TARGETS))
     return "\n".join(lines)
 
 

@@ -7,7 +7,8 @@ sends (400/404/500 {"error", "detail"}). This module keeps what BentoML gets rig
 the Verdict schema, the infrastructure endpoints) and states the rest as the code behaves:
     - every fault this service words itself: {"error": str, "status": int} (service/uploads.py error_body);
     - a request shed after SERVE_MAX_LATENCY_MS in the batching queue: 503 with BentoML's own
-      {"error": str} body (BentoML words it; the service cannot reach into that path);
+      {"error": str} body (BentoML words it; the service cannot reach into that path); the other 503
+      (large uploads over the worker's budget) and the 408 (slow body) of the body guard are ours;
     - /infer (JSON pixels, for benchmarks and internal callers) under the tag "internal".
 """
 
@@ -18,27 +19,32 @@ from importlib import metadata
 from typing import Any
 
 from glasses.config import (
+    BODY_TIMEOUT_S,
     EXPLAIN_CONCURRENCY,
     EXPLAIN_QUEUE,
     EXPLAIN_WAIT_S,
     MAX_BATCH_IMAGES,
     MAX_REQUEST_BYTES,
     SERVE_MAX_LATENCY_MS,
+    UPLOAD_WAIT_S,
 )
 
 PACKAGE = "glasses-verdict"
 TITLE = "Glasses verdict service"
 ERROR = {"$ref": "#/components/schemas/Error"}
+BUSY = f"server busy with large uploads for {UPLOAD_WAIT_S:g} s"
 FAULTS = {
     400: "malformed multipart body, missing or non-file field `{field}`",
     413: f"body over {MAX_REQUEST_BYTES:,} bytes",
+    408: f"request body not received within {BODY_TIMEOUT_S:g} s (the connection is closed)",
     415: "not multipart/form-data",
     422: "not a usable image: empty, not an image, truncated or corrupt, unsupported format, over the pixel limit",
     429: f"{EXPLAIN_CONCURRENCY} explanation(s) running and {EXPLAIN_QUEUE} waiting already: retry in a few seconds",
-    503: f"no explanation slot freed within {EXPLAIN_WAIT_S:g} s",
+    503: f"{BUSY}, or no explanation slot freed within {EXPLAIN_WAIT_S:g} s",
 }
-SHED = {"description": f"queued longer than {SERVE_MAX_LATENCY_MS} ms behind the model (overload); BentoML's body",
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ShedError"}}}}
+SHED = {"description": f"{BUSY} ({{error, status}}), or queued longer than {SERVE_MAX_LATENCY_MS} ms behind the "
+                       f"model (overload; BentoML's body {{error}})",
+        "content": {"application/json": {"schema": {"oneOf": [ERROR, {"$ref": "#/components/schemas/ShedError"}]}}}}
 SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error", "status"], "properties": {
         "error": {"type": "string", "description": "what is wrong, for a person"},
@@ -95,13 +101,13 @@ def _paths(infer_body: dict) -> dict[str, Any]:
     return {
         "/predict": {"post": {"tags": ["verdicts"], "operationId": "predict", "summary": "one photo -> verdict",
                               "requestBody": _multipart("image"),
-                              "responses": {200: _json(verdict), **_errors(400, 413, 415, 422), 503: SHED}}},
+                              "responses": {200: _json(verdict), **_errors(400, 408, 413, 415, 422), 503: SHED}}},
         "/predict_batch": {"post": {
             "tags": ["verdicts"], "operationId": "predict_batch",
             "summary": f"1..{MAX_BATCH_IMAGES} photos -> verdicts in input order; a bad file gets an ItemError in place",
             "requestBody": _multipart("images", many=True),
             "responses": {200: _json({"type": "array", "items": {"oneOf": [verdict, {"$ref": "#/components/schemas/ItemError"}]}}),
-                          **_errors(400, 415, field="images"),
+                          **_errors(400, 408, 415, field="images"),
                           413: {"description": f"body over {MAX_REQUEST_BYTES:,} bytes or more than {MAX_BATCH_IMAGES} images",
                                 "content": {"application/json": {"schema": ERROR}}}, 503: SHED}}},
         "/explain": {"post": {
@@ -113,7 +119,7 @@ def _paths(infer_body: dict) -> dict[str, Any]:
             "responses": {200: {"description": "PNG (verdict in headers), or JSON with ?format=json", "headers": headers,
                                 "content": {"image/png": {"schema": {"type": "string", "format": "binary"}},
                                             "application/json": {"schema": {"$ref": "#/components/schemas/Explanation"}}}},
-                          **_errors(400, 413, 415, 422, 429, 503)}}},
+                          **_errors(400, 408, 413, 415, 422, 429, 503)}}},
         "/model": {"get": {"tags": ["model"], "operationId": "model", "summary": "the served model's card",
                            "responses": {200: _json({"$ref": "#/components/schemas/ModelCard"})}}},
         "/": {"get": {"tags": ["pages"], "summary": "the try-it page", "responses": {200: {"description": "HTML"}}}},
@@ -127,8 +133,7 @@ def _paths(infer_body: dict) -> dict[str, Any]:
             "responses": {200: _json({"type": "array", "items": {"type": "number"}}),
                           400: _json({"$ref": "#/components/schemas/ValidationError"},
                                      "pixels of the wrong shape or outside 0..255 (BentoML's validation body)"),
-                          413: {"description": FAULTS[413], "content": {"application/json": {"schema": ERROR}}},
-                          503: SHED}}},
+                          **_errors(408, 413), 503: SHED}}},
     }
 
 

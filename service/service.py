@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -49,19 +48,22 @@ from starlette.routing import Route
 
 from glasses.config import (
     DECODE_THREADS,
-    MODEL_FILE,
+    HEADER_TIMEOUT_S,
     MAX_BATCH_IMAGES,
     MAX_REQUEST_BYTES,
     SERVE_DISPATCH,
     SERVE_MAX_BATCH_SIZE,
     SERVE_MAX_LATENCY_MS,
+    SERVE_RUNTIME,
     SERVE_THREADS,
     SERVE_WORKERS,
 )
 from glasses.registry import RegistryError, check_servable, model_card, resolve
+from glasses.runtimes import load_classifier
 from service import pages
 from service.batching import BatchInfer, batch_entry
-from service.inference import Classifier, UploadError, decode_upload, verdict
+from service.inference import UploadError, decode_upload, verdict
+from service.limits import install_head_timeout
 from service.uploads import (
     BodyLimitMiddleware,
     ImagesUpload,
@@ -109,7 +111,8 @@ class GlassesService:
         check_servable(self.card)
         self.tag = self.card["tag"]
         self.threshold = self.card["threshold"]
-        self.classifier = Classifier(Path(self.bento_model.path_of(MODEL_FILE)), IMAGE_SIZE)
+        self.classifier = load_classifier(self.bento_model, SERVE_RUNTIME, IMAGE_SIZE)  # tf | litert
+        self.card["runtime"] = self.classifier.runtime
         self.classifier.warm_up((1, 8, SERVE_MAX_BATCH_SIZE))
         self._batch_infer: BatchInfer | None = None
         self._decode_limiter: anyio.CapacityLimiter | None = None
@@ -181,5 +184,6 @@ def _refuse(ctx: bentoml.Context, exc: UploadError) -> JSONResponse:
     return JSONResponse(error_body(str(exc), exc.status), status_code=exc.status)
 
 
-GlassesService.add_asgi_middleware(BodyLimitMiddleware, max_bytes=MAX_REQUEST_BYTES)
+GlassesService.add_asgi_middleware(BodyLimitMiddleware, max_bytes=MAX_REQUEST_BYTES)  # size, memory, body time
 pages.mount(GlassesService)  # GET / /docs /docs.json /static/*, POST /explain
+install_head_timeout(HEADER_TIMEOUT_S)  # slow or idle clients: uvicorn closes them (service/limits.py)

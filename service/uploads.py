@@ -20,8 +20,15 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from glasses.config import MAX_REQUEST_BYTES
+from glasses.config import (
+    BODY_TIMEOUT_S,
+    MAX_REQUEST_BYTES,
+    UPLOAD_BUDGET_BYTES,
+    UPLOAD_BUDGET_MIN_BYTES,
+    UPLOAD_WAIT_S,
+)
 from service.inference import UploadError
+from service.limits import BodyTimeout, BudgetTimeout, UploadBudget, deadline_receive
 
 MULTIPART = "multipart/form-data"
 
@@ -137,29 +144,50 @@ def _too_many(field: str, count: str, max_files: int) -> UploadError:
 
 
 class BodyLimitMiddleware:
-    """ASGI middleware: refuse request bodies over `max_bytes` with 413 before they are read in full.
+    """ASGI middleware: request-body guard of every POST (size, memory, time).
 
-    With a Content-Length header the check is immediate. A chunked body is buffered up to the limit
-    and replayed to the application, so every endpoint (BentoML's own parsers included) sees a
-    complete body that is known to be small enough.
+    - over `max_bytes`: 413 before the body is read in full (with a Content-Length header the check is
+      immediate; a chunked body is buffered up to the limit and replayed to the application, so every
+      endpoint, BentoML's own parsers included, sees a complete body known to be small enough);
+    - large bodies share `budget` (service.limits.UploadBudget): past it a request waits, unread, and
+      gets 503 after `wait_s`;
+    - a body not complete `body_timeout_s` after reading starts gets 408 and the connection is closed
+      (whatever the application made of the cut-off body is replaced by that answer).
     """
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
+    def __init__(self, app: Any, max_bytes: int, budget: UploadBudget | None = None,
+                 body_timeout_s: float = BODY_TIMEOUT_S, wait_s: float = UPLOAD_WAIT_S) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.budget = budget or UploadBudget(UPLOAD_BUDGET_BYTES, UPLOAD_BUDGET_MIN_BYTES)
+        self.body_timeout_s, self.wait_s = body_timeout_s, wait_s
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        length = headers.get(b"content-length")
-        if length is not None:
-            if not length.strip().isdigit():
-                return await self._reject(send, 400, "invalid Content-Length header")
-            if int(length) > self.max_bytes:
-                return await self._too_large(send, int(length))
-            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and not length.strip().isdigit():
+            return await self._reject(send, 400, "invalid Content-Length header")
+        declared = None if length is None else int(length)
+        if declared is not None and declared > self.max_bytes:
+            return await self._too_large(send, declared)
+        cost = self.budget.cost(declared, self.max_bytes)
+        try:
+            await self.budget.acquire(cost, self.wait_s)
+        except BudgetTimeout:
+            return await self._reject(send, 503, f"server busy with large uploads for {self.wait_s:.0f} s; retry later")
+        timed = deadline_receive(receive, self.body_timeout_s)
+        guarded_send = _TimeoutAnswer(send, timed, self.body_timeout_s)
+        try:
+            if declared is not None:
+                return await self.app(scope, timed, guarded_send)
+            return await self._chunked(scope, timed, guarded_send)
+        except BodyTimeout:
+            await guarded_send.answer()
+        finally:
+            await self.budget.release(cost)
 
+    async def _chunked(self, scope: dict, receive: Any, send: Any) -> None:
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -200,3 +228,25 @@ class BodyLimitMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+class _TimeoutAnswer:
+    """`send` for one request: once its body deadline passed, the response is a 408 (sent once)."""
+
+    def __init__(self, send: Any, receive: Any, seconds: float) -> None:
+        self.send, self.receive, self.seconds = send, receive, seconds
+        self.started = self.answered = False
+
+    async def __call__(self, message: dict) -> None:
+        if self.answered:
+            return
+        if message["type"] == "http.response.start" and getattr(self.receive, "timed_out", False):
+            return await self.answer()
+        self.started = self.started or message["type"] == "http.response.start"
+        await self.send(message)
+
+    async def answer(self) -> None:
+        if self.answered or self.started:
+            return
+        self.answered = True
+        await BodyLimitMiddleware._reject(self.send, 408, f"request body not received within {self.seconds:g} s")

@@ -64,8 +64,10 @@ def build_model(seed: int = 0, image_size: int = IMAGE_SIZE) -> Any:
 def _register_here(seed: int, threshold: float, image_size: int, promote: bool, metrics: dict | None) -> dict:
     """Create a model version in the current process's BentoML store (see `register_model`)."""
     from glasses import preprocessing, registry
+    from training import convert
 
     model = build_model(seed, image_size)
+    conversion = convert.convert_checked(model, convert.generated_check_images(image_size))
     metadata = {
         "metrics": metrics if metrics is not None else {"accuracy": 0.5, "roc_auc": 0.5},
         "threshold": float(threshold),
@@ -78,8 +80,11 @@ def _register_here(seed: int, threshold: float, image_size: int, promote: bool, 
         "hyperparameters": {"architecture": "paper-cnn-random", "seed": seed},
         "profile": "test",
         "objective": "val_accuracy",
+        "litert": conversion.metadata(),
     }
-    tag = registry.save_version(model, metadata=metadata, labels={"stage": "test"})
+    if not conversion.accepted:
+        raise RuntimeError(conversion.reason)
+    tag = registry.save_version(model, metadata=metadata, labels={"stage": "test"}, litert=conversion.tflite)
     if promote:
         registry.promote(tag)
     return {"tag": tag, "model_file": registry.get_model(tag).path_of(MODEL_FILE)}
@@ -97,7 +102,8 @@ def register_model(
     """Register a seeded random CNN as `glasses_classifier:<version>` in the store at `home`; its tag.
 
     Runs in a subprocess with BENTOML_HOME=home (~10 s: TensorFlow import). The Keras file is then at
-    `model_file(home, tag)`.
+    `model_file(home, tag)`, its checked LiteRT conversion beside it (training/convert.py), so servers
+    on it run LiteRT unless GLASSES_RUNTIME=tf.
     """
     home.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "register", "--home", str(home), "--seed", str(seed),

@@ -98,3 +98,12 @@ def write_run_dir(run_dir: Path, model, manifest: Path, *, profile: str = "smoke
         report["metrics"].update(metrics)
         run.write_json(run.report, report)
     return run_dir
+
+
+def linear_model(seed: int = 0, size: int = TINY_SIZE):
+    """A seeded one-layer model (flatten + sigmoid) on size x size RGB: untrained, but a real keras.Model."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((size, size, 3))
+    return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(keras.layers.Flatten()(inputs)))

@@ -43,6 +43,8 @@ IMAGE = "localhost/glasses-verdict:test"
 BUILD_TIMEOUT = 30 * 60  # cold: debootstrap + pip installing tensorflow-cpu on a shared 2-core machine
 READY_TIMEOUT = 180.0
 STOP_LIMIT = 10.0
+IMAGE_SIZE_GOAL = 400e6  # bytes (podman's Size); the image carries LiteRT, no TensorFlow
+READY_SANITY = 60.0  # seconds: a generous bound only; the goal (<= 3 s) is printed, never asserted
 CONTAINER_USER = "glasses"  # the Dockerfile's USER
 
 
@@ -185,10 +187,13 @@ def container(image: dict) -> Iterator[dict]:
     """The image running on a free port with host networking; always removed afterwards."""
     name, port = f"glasses-test-{os.getpid()}", free_port()
     try:
+        start = time.monotonic()
         run_container(name, port)
-        ready = wait_ready(name, port)
-        print(f"\ncontainer: /readyz after {ready:.1f} s")
-        yield {"name": name, "port": port, "url": f"http://127.0.0.1:{port}", **image}
+        wait_ready(name, port)
+        ready = time.monotonic() - start
+        print(f"\ncontainer: /readyz {ready:.1f} s after `podman run` (goal <= 3 s)")
+        assert ready <= READY_SANITY, f"not ready after {ready:.0f} s"
+        yield {"name": name, "port": port, "url": f"http://127.0.0.1:{port}", "ready_s": ready, **image}
     finally:
         remove_container(name)
 
@@ -212,7 +217,7 @@ def test_image_config(image: dict) -> None:
     assert config["Cmd"][:2] == ["bentoml", "serve"] and not config.get("Entrypoint")  # exec form
     health = " ".join(info.get("Healthcheck", {}).get("Test", []))
     assert "/readyz" in health, f"no HEALTHCHECK on /readyz (the OCI image format drops it): {health!r}"
-    assert image["size"] < 1.5e9, f"image is {image['size'] / 1e9:.2f} GB (goal <= 1.2 GB)"
+    assert image["size"] <= IMAGE_SIZE_GOAL, f"image is {image['size'] / 1e6:.0f} MB (goal <= 400 MB)"
 
 
 def test_predict_verdict(container: dict) -> None:
@@ -248,14 +253,48 @@ def test_runtime_only_inside(container: dict) -> None:
     probe = (
         "import importlib.util as u, json, os; "
         "print(json.dumps({'dev': [m for m in ('pytest', 'locust', 'kaggle', 'keras_tuner', 'dask', 'pip', 'clang') "
-        "if u.find_spec(m)], 'app': sorted(os.listdir('/app')), 'tf': __import__('tensorflow').__version__, "
-        "'home': sorted(os.listdir(os.environ['BENTOML_HOME']))}))"
+        "if u.find_spec(m)], 'app': sorted(os.listdir('/app')), "
+        "'tf': [m for m in ('tensorflow', 'keras', 'tf_keras', 'tensorboard', 'jax', 'torch') if u.find_spec(m)], "
+        "'litert': bool(u.find_spec('ai_edge_litert')), 'home': sorted(os.listdir(os.environ['BENTOML_HOME']))}))"
     )
     found = json.loads(podman("exec", container["name"], "python", "-c", probe, timeout=120).stdout)
     assert found["dev"] == [], f"not runtime packages in the image: {found['dev']}"
     assert set(found["app"]) <= {"bentofile.yaml", "glasses", "service", "pyproject.toml"}, found["app"]
-    assert found["tf"] == "2.21.0"
+    assert found["tf"] == [], f"the serving image must not carry TensorFlow / Keras: {found['tf']}"
+    assert found["litert"]
     assert "models" in found["home"], found["home"]
+    # the running server really serves on LiteRT and never imported TensorFlow
+    status, card = _http(f"{container['url']}/model")
+    assert status == 200 and card["runtime"] == "litert", card
+
+
+def worker_rss_mb(name: str) -> list[float]:
+    """Resident memory (MB) of each BentoML worker process inside the container."""
+    probe = (
+        "import glob, json; out = []\n"
+        "for d in glob.glob('/proc/[0-9]*'):\n"
+        "    try:\n"
+        "        cmd = open(d + '/cmdline', 'rb').read().replace(b'\\0', b' ').decode()\n"
+        "        rss = [l for l in open(d + '/status') if l.startswith('VmRSS')]\n"
+        "    except OSError:\n"
+        "        continue\n"
+        "    if '_bentoml_impl.worker' in cmd and rss:\n"
+        "        out.append(int(rss[0].split()[1]) / 1024)\n"
+        "print(json.dumps(out))"
+    )
+    return json.loads(podman("exec", name, "python", "-c", probe).stdout)
+
+
+def test_worker_memory_after_requests(container: dict) -> None:
+    """Figures printed (goal <= 250 MB per worker); asserted only against a generous sanity bound."""
+    payload, filename = _face_upload()
+    for _ in range(20):
+        status, _ = _http(f"{container['url']}/predict", *_multipart("image", filename, payload, "image/jpeg"))
+        assert status == 200
+    rss = worker_rss_mb(container["name"])
+    print(f"\ncontainer: worker RSS after 20 requests: {', '.join(f'{r:.0f} MB' for r in rss)} (goal <= 250 MB); "
+          f"image {container['size'] / 1e6:.0f} MB; ready {container['ready_s']:.1f} s")
+    assert rss and max(rss) < 600, rss
 
 
 def test_sigterm_stops_within_10s(container: dict) -> None:

@@ -306,8 +306,8 @@ def test_cli_prepare_prints_summary(tmp_path) -> None:
            "--work-dir", str(tmp_path / "w")]
     first = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr
-    for needle in ("train", "val", "test", "excluded (paper's list): no_glasses", "skipped (unreadable): 0",
-                   "(built)", "fingerprint: "):
+    for needle in ("train", "val", "test", "excluded: no_glasses", "by the paper's list (sha256 ",
+                   "skipped (unreadable): 0", "(built)", "fingerprint: "):
         assert needle in first.stdout, first.stdout
     second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert "(reused)" in second.stdout

@@ -17,6 +17,7 @@ from training.cli import main as cli_main
 from training.review import out_of_fold, person_folds, review
 
 from _fixtures import EXCLUDED_SAMPLE, flip_folder_labels, make_folders, make_kaggle_dir
+from _training import private_store, write_run_dir
 
 REPO = Path(__file__).resolve().parent.parent
 # planted label errors: three glasses photos filed as no_glasses, three the other way round
@@ -112,6 +113,89 @@ def test_apply_top_and_ids(reviewed, tmp_path):
     assert cli_main(["review", "--apply", str(out), "--ids", str(ids), "--exclusions", str(target)]) == 0
     kept = [ln.split("#")[0].strip() for ln in target.read_text().splitlines()]
     assert sorted(k for k in kept if k) == sorted([reviewed["planted"][0], reviewed["planted"][3]])
+
+
+def _split_files(manifest: dict) -> list[str]:
+    return [f for entry in manifest["splits"].values() for f in entry["files"]]
+
+
+def test_apply_then_prepare_exclude_round_trip(reviewed, tmp_path):
+    """--apply --top 6 -> prepare --exclude: the six are gone from every split, counted per class, and
+    the file's sha256 is in the manifest; a second file adds its own record."""
+    from glasses.files import file_sha256
+    from training.data import read_manifest
+    from training.prepare import prepare
+
+    out, root = reviewed["out"], reviewed["root"]
+    assert cli_main(["review", "--apply", str(out), "--top", "6", "--exclusions", str(tmp_path / "top6.txt")]) == 0
+    top6 = reviewed["rows"][:6]
+    last = reviewed["rows"][-1]  # the least suspect photo, written as ./<file>
+    extra = tmp_path / "extra.txt"
+    extra.write_text(f"# one more\n./{last['file']}\n")
+    p = prepare(f"folders:{root}", size=64, work_dir=tmp_path / "work", progress=False,
+                exclude_files=[tmp_path / "top6.txt", extra])
+    manifest = read_manifest(p.manifest_path)
+    kept = _split_files(manifest)
+    assert len(kept) == 100 - 7 and not {r["file"] for r in top6 + [last]} & set(kept)
+    want = {c: sum(r["given_label"] == c for r in top6) for c in ("no_glasses", "glasses")}
+    first, second = manifest["exclusions"]
+    assert first["sha256"] == file_sha256(tmp_path / "top6.txt") and first["removed"] == want and first["listed"] == 6
+    assert second["sha256"] == file_sha256(extra) and sum(second["removed"].values()) == second["removed"][last["given_label"]] == 1
+    want[last["given_label"]] += 1
+    assert p.excluded == want
+    assert sum(sum(c.values()) for c in manifest["counts"].values()) == 93
+    plain = prepare(f"folders:{root}", size=64, work_dir=tmp_path / "work", progress=False)
+    assert plain.fingerprint != p.fingerprint and len(_split_files(read_manifest(plain.manifest_path))) == 100
+
+
+def test_exclusions_reach_the_registry_metadata(reviewed, tmp_path):
+    import keras
+
+    from glasses.files import file_sha256
+    from training.prepare import prepare
+    from training.register import register
+
+    ids = tmp_path / "confirmed.txt"
+    ids.write_text(reviewed["planted"][0] + "\n")
+    manifest = prepare(f"folders:{reviewed['root']}", size=64, work_dir=tmp_path / "work", progress=False,
+                       exclude_files=[ids]).manifest_path
+    inputs = keras.Input((64, 64, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(2, 3)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
+    run = write_run_dir(tmp_path / "run", model, manifest, metrics={"roc_auc": 0.9})
+    with private_store(tmp_path / "bentoml"):
+        import bentoml
+
+        result = register(run, force=True)
+        meta = bentoml.models.get(result.tag).info.metadata
+    (record,) = meta["data_exclusions"]
+    assert record["sha256"] == file_sha256(ids) and record["file"] == str(ids.resolve())
+    assert sum(record["removed"].values()) == 1
+
+
+def test_kaggle_default_list_plus_a_file(tmp_path):
+    from training.prepare import prepare
+
+    root = make_kaggle_dir(tmp_path / "kaggle", n_train=24)
+    extra = tmp_path / "more.txt"
+    extra.write_text("3\n0004  # leading zeros are the same id\n")
+    p = prepare(f"kaggle-dir:{root}", size=64, work_dir=tmp_path / "work", progress=False, exclude_files=[extra])
+    shipped, mine = p.exclusions
+    assert shipped["shipped"] and sum(shipped["removed"].values()) == len(EXCLUDED_SAMPLE)
+    assert not mine["shipped"] and mine["removed"] == {"no_glasses": 1, "glasses": 1}  # id 3 is glasses
+    assert sum(p.excluded.values()) == len(EXCLUDED_SAMPLE) + 2
+    only_mine = prepare(f"kaggle-dir:{root}", size=64, work_dir=tmp_path / "work", progress=False,
+                        exclude=False, exclude_files=[extra])
+    assert [r["shipped"] for r in only_mine.exclusions] == [False] and sum(only_mine.excluded.values()) == 2
+
+
+def test_prepare_exclude_missing_file_is_one_line(tmp_path):
+    root = make_folders(tmp_path / "photos", n_glasses=4, n_no_glasses=4, persons=None)
+    r = subprocess.run([sys.executable, "-m", "training", "prepare", "--source", f"folders:{root}",
+                        "--exclude", str(tmp_path / "nope.txt"), "--work-dir", str(tmp_path / "w")],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"glasses-train prepare: error: exclusion file not found: {tmp_path / 'nope.txt'}"]
 
 
 def test_kaggle_overlap_with_the_papers_list(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 import requests
 from PIL import Image
 
-from _service import REPO_ROOT, model_file, shared_server
+from _service import REPO_ROOT, ServiceServer, model_file, shared_server
 from glasses import preprocessing
 from glasses.config import CLASS_MAP, IMAGE_SIZE, MAX_REQUEST_BYTES
 
@@ -174,6 +175,22 @@ def test_model_endpoint_describes_the_promoted_model(server, card):
     assert card["preprocessing"] == {"version": preprocessing.PREPROCESSING_VERSION, "image_size": IMAGE_SIZE,
                                      "served_version": preprocessing.PREPROCESSING_VERSION}
     assert re.match(r"\d{4}-\d\d-\d\dT", card["created"])
+    assert card["runtimes"] == ["tf", "litert"] and card["runtime"] == "litert"  # auto: LiteRT when present
+    assert card["litert"]["accepted"] and card["litert"]["max_abs_dp"] <= TOLERANCE
+
+
+def test_tf_runtime_on_request_gives_the_same_probabilities(server, tmp_path):
+    """GLASSES_RUNTIME=tf serves the same version on TensorFlow; both runtimes agree within 1e-5."""
+    home = tmp_path / "bentoml"
+    shutil.copytree(server.home / "models", home / "models")
+    shutil.copy(server.home / "glasses_registry.json", home / "glasses_registry.json")
+    uploads = generated_uploads()
+    with ServiceServer(home, env={"GLASSES_RUNTIME": "tf"}) as tf_server:
+        assert requests.get(f"{tf_server.url}/model", timeout=30).json()["runtime"] == "tf"
+        for name in ("rgb.jpg", "grey16.png", "square-large.png"):
+            on_tf = _predict(tf_server, name, uploads[name]).json()["probability"]
+            on_litert = _predict(server, name, uploads[name]).json()["probability"]
+            assert abs(on_tf - on_litert) <= TOLERANCE, name
 
 
 def test_infer_api_takes_decoded_pixels(server, reference):

@@ -33,6 +33,25 @@ def trial_files(project: Path, name: str) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in sorted(project.glob(f"trial_*/{name}"))}
 
 
+def hparams_by_trial(logdir: Path) -> dict[str, dict]:
+    """{trial id: hyperparameters} from the HParams session-start summaries in TensorBoard event files."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import metadata as hp_metadata
+
+    found = {}
+    for path in sorted(logdir.rglob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name != hp_metadata.PLUGIN_NAME:
+                    continue
+                data = hp_metadata.parse_session_start_info_plugin_data(value.metadata.plugin_data.content) \
+                    if value.tag == hp_metadata.SESSION_START_INFO_TAG else None
+                if data is not None:
+                    values = {k: v.string_value or v.number_value or v.bool_value for k, v in data.hparams.items()}
+                    found[data.group_name or path.relative_to(logdir).parts[0]] = values
+    return found
+
+
 def test_interrupted_smoke_search_resumes_where_it_stopped(manifest, tmp_path):
     """Kill a smoke search after its first trial; the same call resumes, runs only the missing trial."""
     work = tmp_path / "work"
@@ -63,10 +82,23 @@ def test_interrupted_smoke_search_resumes_where_it_stopped(manifest, tmp_path):
     assert after["trial_0000"] == first["trial_0000"]  # not run again
     assert set(after) == {"trial_0000", "trial_0001"}
     assert all(t["wall_time_s"] > 0 for t in result.trials)
+    # per-epoch timings and the precision in every trial's record, the plan in tune.json
+    assert all(len(t["epoch_times_s"]) == len(trial_files(project, HISTORY_FILE)[f"trial_{t['trial_id']}"]["epochs"])
+               and min(t["epoch_times_s"]) > 0 for t in result.trials)
+    assert {t["precision"] for t in result.trials} <= {"float32", "mixed_bfloat16"}
     assert result.best_trial_id in ("0000", "0001")
     assert result.best_score == max(t["score"] for t in result.trials)
     summary = json.loads(RunDir(result.run_dir).tune_summary.read_text())
     assert summary["resumed"] is True
+    assert summary["acceleration"]["precision"] == result.trials[-1]["precision"]
+    assert summary["acceleration"]["cpu_model"]
+    # TensorBoard: one run per trial with its hyperparameters for the HParams dashboard
+    hparams = hparams_by_trial(project / tune_mod.TENSORBOARD_SUBDIR)
+    assert set(hparams) == {"0000", "0001"}
+    for trial in result.trials:
+        logged = hparams[trial["trial_id"]]  # the space as known when the trial started
+        assert {"conv_layers", "filters_0", "units", "learning_rate"} <= set(logged)
+        assert all(trial["hyperparameters"][k] == v for k, v in logged.items() if k in trial["hyperparameters"])
     assert summary["profile_config"]["max_epochs"] == 2 and summary["objective"] == "val_accuracy"
     hist = json.loads(RunDir(result.run_dir).history.read_text())
     assert {"loss", "val_loss", "accuracy", "val_accuracy", "val_auc"} <= set(hist)

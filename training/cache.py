@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from glasses.config import CACHE_SUBDIR, DECODE_CHUNK, EXCLUDED_IDS_FILE, PREPARE_SCHEDULER, WORK_DIR
+from glasses.files import file_sha256
 from glasses.preprocessing import PREPROCESSING_VERSION, ImageDecodeError, to_uint8
 from training.cli import UserError
 from training.sources import Inventory, Scan
@@ -36,16 +37,18 @@ SCHEDULER_TIMEOUT = "10s"  # connecting to a dask.distributed scheduler
 LOCAL_SCHEDULERS = ("threads", "processes", "synchronous", "sync", "single-threaded")
 
 
-def fingerprint(listing: Scan, size: int, *, exclude: bool = True, group_column: str | None = None) -> str:
+def fingerprint(listing: Scan, size: int, *, exclude: bool = True, group_column: str | None = None,
+                exclusions: list[str] | None = None) -> str:
     """sha256 of what determines the cache, computable without decoding or parsing anything.
 
     Image files (names, folder labels, sizes + mtimes, or sizes + CRCs in a zip), the label files' sizes +
-    mtimes/CRCs (they hold labels, groups), the exclusion list (Kaggle, unless --no-exclude), the
-    group column asked for, image size and PREPROCESSING_VERSION.
+    mtimes/CRCs (they hold labels, groups), the exclusion files' sha256s (`exclusions`; None = the
+    Kaggle default: the paper's list unless exclude=False), the group column asked for, image size
+    and PREPROCESSING_VERSION.
     """
-    exclusions = None
-    if listing.kind == "kaggle-dir" and exclude:
-        exclusions = hashlib.sha256(EXCLUDED_IDS_FILE.read_bytes()).hexdigest()
+    if exclusions is None:
+        exclusions = [file_sha256(EXCLUDED_IDS_FILE)] if listing.kind == "kaggle-dir" and exclude else []
+    exclusions = list(exclusions) or None
     payload = {
         "format": CACHE_FORMAT,
         "kind": listing.kind,
@@ -214,6 +217,7 @@ def build_cache(inv: Inventory, fp: str, size: int, final_dir: Path, scheduler: 
             "grouped_by": inv.grouped_by,
             "skipped": [f"{file}: {reason}" for _, file, reason in sorted(errors)],
             "excluded": inv.excluded,
+            "exclusions": inv.exclusions,
             "missing_images": inv.missing_images,
             "unlabelled_images": inv.unlabelled_images,
             "notes": inv.notes,

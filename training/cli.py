@@ -25,6 +25,7 @@ STAGES = (
     "training.tune",
     "training.evaluate",
     "training.register",
+    "training.convert",
     "training.registry_cli",
     "training.compare",
     "training.run",

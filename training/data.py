@@ -1,8 +1,8 @@
 """Data: split manifests and the uint8 cache -> numpy arrays and tf.data pipelines like the paper's.
 
     manifest (training/split.py) -> load_split: uint8 (N, S, S, 3) + int64 labels (1 = glasses)
-    -> make_dataset: cache -> shuffle(SHUFFLE_BUFFER, seed) [train] -> x / 255 -> augment [train]
-       -> batch -> prefetch(AUTOTUNE)
+    -> make_dataset: cache -> shuffle(SHUFFLE_BUFFER, seed) [train] -> batch -> x / 255 per batch
+       -> prefetch(AUTOTUNE); with an augmentation: x / 255 -> augment per image [train] -> batch
 
 Pixels reach the model as `tf.cast(x, tf.float32) / 255.0`, bit-identical to
 glasses.preprocessing.rescale, so a file gives the same tensor here and in the service.
@@ -87,20 +87,40 @@ def make_dataset(
     prefetch(AUTOTUNE). `augment(image, label)` is mapped after cache/shuffle and before batching, on
     the train split only. Deterministic for a given seed (ordered maps, seeded shuffle).
     """
-    import tensorflow as tf
-
     x, y = load_split(manifest_path, split)
     shuffle = (split == "train") if shuffle is None else shuffle
+    return dataset_from_arrays(x, y, batch_size=batch_size, shuffle=shuffle, seed=seed,
+                               augment=augment if split == "train" else None, cache=cache)
+
+
+def dataset_from_arrays(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    batch_size: int = BATCH_SIZE,
+    shuffle: bool = False,
+    seed: int = SEED,
+    augment: Callable[[tf.Tensor, tf.Tensor], tuple] | None = None,
+    cache: bool = True,
+) -> tf.data.Dataset:
+    """The pipeline of `make_dataset` over in-memory uint8 images (N, S, S, 3) and labels (N,)."""
+    import tensorflow as tf
+
     ds = tf.data.Dataset.from_tensor_slices((x, y.astype(np.float32)))
     if cache:
         ds = ds.cache()  # uint8 in memory; rescaling after the cache keeps it 4x smaller
     if shuffle:
         ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(lambda img, lab: (tf.cast(img, tf.float32) / 255.0, lab),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if augment is not None and split == "train":
-        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+    def rescale(img, lab):
+        return tf.cast(img, tf.float32) / 255.0, lab
+
+    if augment is not None:  # augmentations work on one float image
+        ds = ds.map(rescale, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size)
+    else:  # batch the uint8 rows first: one vectorised rescale per batch instead of one per image
+        ds = ds.batch(batch_size).map(rescale, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = True
     return ds.with_options(options)

@@ -1,4 +1,4 @@
-"""Evaluate: a trained model on the test split of its manifest -> JSON report + PNG learning curves.
+"""Evaluate: a trained model on the test split of its manifest -> JSON report, curves, HTML report.
 
     model + manifest
       -> P(glasses) on the validation and test splits (the same tf.data pipeline as training)
@@ -6,7 +6,8 @@
          (never chosen on test)
       -> test metrics: loss (binary cross-entropy), accuracy, precision / recall / F1 for "glasses",
          ROC-AUC, balanced accuracy, confusion matrix (rows = true, columns = predicted)
-      -> evaluation.json and learning_curves.png (loss and accuracy, train vs validation) side by side
+      -> evaluation.json and learning_curves.png (loss and accuracy, train vs validation) side by side,
+         test_predictions.json (file, label, P(glasses) per test photo) and report.html (training/report.py)
 
 Metrics are computed with numpy from the predicted probabilities (no extra dependency), so the same
 functions serve the registry, the experiments table and anyone checking a model by hand.
@@ -206,13 +207,25 @@ def evaluate(
         "seconds": round(time.monotonic() - started, 3),
     }
     if out_dir is not None:
-        out = RunDir(out_dir)
-        out.path.mkdir(parents=True, exist_ok=True)
-        curves = plot_learning_curves(history or {}, out.curves, title)
-        report["learning_curves"] = str(curves) if curves else None
-        report["report_path"] = str(out.report)
-        out.write_json(out.report, report)
+        write_outputs(RunDir(out_dir), report, manifest, history or {}, title, test_true, test_prob)
     return report
+
+
+def write_outputs(out: RunDir, report: dict, manifest: dict, history: dict, title: str,
+                  test_true: np.ndarray, test_prob: np.ndarray) -> None:
+    """evaluation.json, learning_curves.png, test_predictions.json and report.html into the directory."""
+    from training.data import load_split
+    from training.report import write_run_report
+
+    out.path.mkdir(parents=True, exist_ok=True)
+    curves = plot_learning_curves(history, out.curves, title)
+    report["learning_curves"] = str(curves) if curves else None
+    report["report_path"] = str(out.report)
+    images, _ = load_split(report["manifest_path"], "test")
+    html = write_run_report(out.path, report, title=f"Evaluation report: {title or out.name}", images=images,
+                            files=manifest["splits"]["test"]["files"], y=test_true, p=test_prob, curves=curves)
+    report["html_report"] = str(html)
+    out.write_json(out.report, report)
 
 
 def evaluate_run(run_dir: str | Path, *, threshold: str | float | None = None) -> dict:

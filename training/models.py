@@ -23,6 +23,7 @@ import keras
 from keras import layers, ops
 
 from glasses.config import IMAGE_SIZE
+from training.acceleration import compile_options
 
 # The paper's best Hyperband model (3 conv layers 12/44/44, kernels 5/3/3, max pooling, dense 96).
 PAPER_BEST_HYPERPARAMETERS: dict[str, object] = {
@@ -81,6 +82,7 @@ def compile_binary(model: keras.Model, learning_rate: float = 1e-3) -> keras.Mod
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
         loss="binary_crossentropy",
         metrics=training_metrics(),
+        **compile_options(),
     )
     return model
 
@@ -93,7 +95,7 @@ def build_perceptron(size: int = IMAGE_SIZE) -> keras.Model:
     """Reshape -> Dense(1, sigmoid): logistic regression on raw pixels."""
     inputs = _input(size)
     x = layers.Reshape((size * size * 3,))(inputs)
-    outputs = layers.Dense(1, activation="sigmoid")(x)
+    outputs = layers.Dense(1, activation="sigmoid", dtype="float32")(x)
     return compile_binary(keras.Model(inputs, outputs, name="perceptron"))
 
 
@@ -108,7 +110,7 @@ def _two_block_cnn(name: str, filters: tuple[int, int], dropout: float, size: in
     x = layers.Dense(128, activation="relu")(x)
     if dropout:
         x = layers.Dropout(dropout)(x)
-    outputs = layers.Dense(1, activation="sigmoid")(x)
+    outputs = layers.Dense(1, activation="sigmoid", dtype="float32")(x)
     return compile_binary(keras.Model(inputs, outputs, name=name))
 
 
@@ -143,7 +145,7 @@ def build_batchnorm_cnn(size: int = IMAGE_SIZE) -> keras.Model:
     x = layers.Dense(200, use_bias=False)(x)
     x = layers.BatchNormalization(center=True, scale=False)(x)
     x = layers.Activation("relu")(x)
-    outputs = layers.Dense(1, activation="sigmoid")(x)
+    outputs = layers.Dense(1, activation="sigmoid", dtype="float32")(x)
     return compile_binary(keras.Model(inputs, outputs, name="batchnorm_cnn"), learning_rate=0.01)
 
 
@@ -166,7 +168,7 @@ def build_paper_hypermodel(hp, size: int = IMAGE_SIZE, train_steps: int | None =
                                hp.Choice(f"kernel_size_{i}", [3, 5]), pool=hp.Choice(f"pooling_{i}", ["max", "avg"]))
     x = layers.Flatten()(x)
     x = layers.Dense(hp.Int("units", 32, 200, step=32), activation="relu")(x)
-    outputs = layers.Dense(1, activation="sigmoid")(x)
+    outputs = layers.Dense(1, activation="sigmoid", dtype="float32")(x)
     model = keras.Model(inputs, outputs, name="hypermodel")
     return compile_binary(model, learning_rate=hp.Choice("learning_rate", [1e-2, 1e-3, 1e-4]))
 
@@ -223,8 +225,8 @@ def build_celeba_hypermodel(hp, size: int = IMAGE_SIZE, train_steps: int | None 
         h = _gap_trunk(trunk_in, hp.Fixed("width", 1.0))
     else:
         h = _paper_best_trunk(trunk_in, hp.Fixed("units", 96))
-    trunk = keras.Model(trunk_in, layers.Dense(1, activation="sigmoid")(h), name="trunk")
-    outputs = layers.Average(name="flip_average")([trunk(x), trunk(ops.flip(x, axis=2))])
+    trunk = keras.Model(trunk_in, layers.Dense(1, activation="sigmoid", dtype="float32")(h), name="trunk")
+    outputs = layers.Average(name="flip_average", dtype="float32")([trunk(x), trunk(ops.flip(x, axis=2))])
     model = keras.Model(inputs, outputs, name="celeba")
     steps = train_steps if train_steps is not None else hp.values.get("decay_steps")
     if steps is None:
@@ -233,7 +235,7 @@ def build_celeba_hypermodel(hp, size: int = IMAGE_SIZE, train_steps: int | None 
         hp.Fixed("learning_rate", 2e-3), decay_steps=hp.Fixed("decay_steps", int(steps)), alpha=0.02
     )
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=schedule), loss="binary_crossentropy",
-                  metrics=training_metrics())
+                  metrics=training_metrics(), **compile_options())
     return model
 
 

@@ -28,6 +28,7 @@ from glasses.config import (
 )
 from training.cache import build_cache, cache_root, fingerprint, is_cache_of
 from training.cli import UserError
+from training.exclusions import exclusion_files, exclusion_records, excluded_ids
 from training.sources import inventory, scan
 from training.split import SPLIT_VERSION, write_manifest
 
@@ -42,7 +43,8 @@ class PreparedData:
     counts: dict  # {"train": {"glasses": n, "no_glasses": n}, "val": {...}, "test": {...}}
     skipped: list[str]  # "file: reason" for files skipped as unreadable
     reused: bool  # cache reused from an earlier run
-    excluded: dict = field(default_factory=dict)  # Kaggle exclusions removed, per class
+    excluded: dict = field(default_factory=dict)  # photos left out by exclusion files, per class
+    exclusions: list[dict] = field(default_factory=list)  # per exclusion file: path, sha256, removed per class
     missing_images: list[str] = field(default_factory=list)  # labelled ids/files with no image
     unlabelled_images: list[str] = field(default_factory=list)  # images with no label
     notes: list[str] = field(default_factory=list)
@@ -52,17 +54,20 @@ class PreparedData:
 
 def prepare(source: str, *, size: int = IMAGE_SIZE, exclude: bool = True, scheduler: str | None = None,
             work_dir: Path = WORK_DIR, seed: int = SEED, group_column: str | None = None,
-            progress: bool = True) -> PreparedData:
-    """Inventory `source`, build (or reuse) its uint8 cache, write the seeded split manifest."""
+            progress: bool = True, exclude_files: list = ()) -> PreparedData:
+    """Inventory `source` minus its exclusion files (training.exclusions: the paper's list for Kaggle
+    unless exclude=False, plus `exclude_files`), build (or reuse) its uint8 cache, write the manifest."""
     if size not in ALLOWED_SIZES:
         raise UserError(f"--size must be one of {', '.join(map(str, ALLOWED_SIZES))}, got {size}")
     t0 = time.perf_counter()
     listing = scan(source, work_dir=Path(work_dir))
-    fp = fingerprint(listing, size, exclude=exclude, group_column=group_column)
+    files = exclusion_files(listing.kind, list(exclude_files), shipped=exclude)
+    fp = fingerprint(listing, size, group_column=group_column, exclusions=[f.sha256 for f in files])
     cache_dir = cache_root(Path(work_dir)).resolve() / f"{listing.kind}-{size}-{fp[:16]}"
     reused = is_cache_of(cache_dir, fp)
     if not reused:
-        inv = inventory(listing, exclude=exclude, group_column=group_column)
+        inv = inventory(listing, group_column=group_column, excluded=excluded_ids(files))
+        inv.exclusions = exclusion_records(files, inv.removed)
         if cache_dir.exists() and not is_cache_of(cache_dir, fp):  # not one a concurrent run just finished
             shutil.rmtree(cache_dir)  # same prefix, different fingerprint, or a foreign dir: replace it
         build_cache(inv, fp, size, cache_dir, scheduler, progress=progress)
@@ -79,6 +84,7 @@ def prepare(source: str, *, size: int = IMAGE_SIZE, exclude: bool = True, schedu
         skipped=manifest["skipped"],
         reused=reused,
         excluded=manifest["excluded"],
+        exclusions=manifest.get("exclusions", []),
         missing_images=manifest["missing_images"],
         unlabelled_images=manifest["unlabelled_images"],
         notes=manifest["notes"],
@@ -96,8 +102,12 @@ def summary(p: PreparedData, *, limit: int = 10) -> str:
         lines.append(f"{name:<6} " + " ".join(f"{row[c]:>{width}}" for c in CLASS_NAMES)
                      + f" {sum(row.values()):>{width}}")
     if p.excluded and sum(p.excluded.values()):
-        lines.append("excluded (paper's list): " + ", ".join(f"{c} {p.excluded[c]}" for c in CLASS_NAMES)
+        lines.append("excluded: " + ", ".join(f"{c} {p.excluded[c]}" for c in CLASS_NAMES)
                      + f" (total {sum(p.excluded.values())})")
+    for record in p.exclusions:
+        what = "the paper's list" if record.get("shipped") else record["file"]
+        lines.append(f"  by {what} (sha256 {record['sha256'][:12]}, {record['listed']} ids): "
+                     + ", ".join(f"{c} {record['removed'][c]}" for c in CLASS_NAMES))
 
     def listing(title: str, items: list[str]) -> None:
         lines.append(f"{title}: {len(items)}")
@@ -130,7 +140,8 @@ def prepare_sources(sources: list[str], **kwargs) -> PreparedData:
 
 
 def _run(args: argparse.Namespace) -> int:
-    result = prepare_sources(args.source, size=args.size, exclude=not args.no_exclude, scheduler=args.scheduler,
+    result = prepare_sources(args.source, size=args.size, exclude=not args.no_exclude, exclude_files=args.exclude,
+                             scheduler=args.scheduler,
                      work_dir=Path(args.work_dir), seed=args.seed, group_column=args.group_column)
     print(summary(result))
     return 0
@@ -143,7 +154,10 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="kaggle | kaggle-dir:PATH (dir or .zip) | folders:PATH; repeat it to prepare the "
                         "deduplicated union of several sources, split by person")
     p.add_argument("--size", type=int, choices=ALLOWED_SIZES, default=IMAGE_SIZE, help="image side (default %(default)s)")
-    p.add_argument("--no-exclude", action="store_true", help="keep the paper's 523 excluded Kaggle ids")
+    p.add_argument("--exclude", action="append", default=[], metavar="FILE",
+                   help="leave out the photo ids listed in FILE (repeatable; e.g. from `review --apply`)")
+    p.add_argument("--no-exclude", action="store_true",
+                   help="keep the paper's 523 excluded Kaggle ids (files given with --exclude still apply)")
     p.add_argument("--scheduler", default=None,
                    help=f"threads | processes | tcp://HOST:PORT of a dask.distributed scheduler (default {PREPARE_SCHEDULER})")
     p.add_argument("--work-dir", default=str(WORK_DIR), help="where caches go (default %(default)s)")

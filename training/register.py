@@ -7,6 +7,8 @@
          (serving it takes an explicit `registry promote`)
       -> the report must be the run's own: made from this model file (sha256) on the manifest it
          was tuned on (a re-tuned run with an old evaluation.json is refused)
+      -> LiteRT conversion (training/convert.py), checked against Keras on the test photos: model.tflite
+         beside model.keras when max |dp| <= 1e-5, else refused in one line (the version serves on TF)
       -> glasses.registry.save_version (all or nothing) with lineage metadata and labels
       -> promote (glasses.registry.promote) unless told not to
 
@@ -18,13 +20,17 @@ from __future__ import annotations
 import json
 import platform
 import subprocess
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from glasses.config import CLASS_MAP, CLASS_NAMES, POSITIVE_CLASS, REPO_ROOT, TuningProfile
 from glasses.preprocessing import PREPROCESSING_VERSION
+from training import acceleration
 from training.cli import UserError
+from training.exclusions import manifest_exclusions
+from training.rundir import RunDir
 
 
 @dataclass
@@ -51,6 +57,8 @@ class RegisterResult:
     promoted: bool
     forced: bool
     gate: GateDecision
+    litert: str = ""  # one line: the LiteRT conversion accepted or refused, and why
+    litert_accepted: bool = False
 
 
 # --- lineage helpers ----------------------------------------------------------------------------
@@ -157,6 +165,7 @@ def build_metadata(summary: dict, report: dict, profile: TuningProfile, *, gate:
         "data_fingerprint": summary["data_fingerprint"],
         "split_manifest_hash": report["manifest_hash"],
         "split_manifest_path": report["manifest_path"],
+        "data_exclusions": manifest_exclusions(report["manifest_path"]),  # exclusion files: path, sha256, removed
         "image_size": report["image_size"],
         "preprocessing_version": PREPROCESSING_VERSION,
         "class_map": dict(CLASS_MAP),
@@ -165,6 +174,7 @@ def build_metadata(summary: dict, report: dict, profile: TuningProfile, *, gate:
         "output": "sigmoid P(glasses), input float32 (size, size, 3) in [0, 1]",
         "training_wall_time_s": summary.get("training_wall_time_s"),
         "search_wall_time_s": summary.get("search_wall_time_s"),
+        "training_hardware": acceleration.hardware_summary(summary.get("acceleration")),
         "library_versions": library_versions(),
         "git_commit": git_commit(),
         "gate": gate.as_dict(),
@@ -179,10 +189,44 @@ def register(run_dir: str | Path, *, force: bool = False, promote: bool = True) 
     Raises UserError (one line) when the gate refuses and force is False; nothing is registered then.
     """
     from glasses import registry
-    from glasses.files import file_sha256, load_keras_model
-    from training.rundir import RunDir
+    from glasses.files import load_keras_model
+    from training import convert
+    from training.report import PREDICTIONS_FILE, REPORT_HTML
 
     run = RunDir(run_dir)
+    summary, profile, report = _run_and_report(run)
+    gate = check_gate(report["metrics"], report["manifest_hash"], metric=profile.gate_metric,
+                      floor=profile.gate_floor)
+    if not gate.passed and not force:
+        raise UserError(f"quality gate refused the model: {gate.reason} (use --force to register anyway)")
+    model = load_keras_model(run.model)
+    metadata = build_metadata(summary, report, profile, gate=gate, forced=force and not gate.passed)
+    photos = convert.test_pixels(report["manifest_path"])
+    conversion = convert.convert_checked(model, convert.check_images(photos, int(report["image_size"])))
+    metadata["litert"] = conversion.metadata()
+    labels = {
+        "profile": profile.name,
+        "objective": profile.objective,
+        "gate": "passed" if gate.passed else "forced",
+        "forced": str(bool(force and not gate.passed)).lower(),
+        "data": summary["data_fingerprint"][:12],
+        "run": run.name,
+    }
+    kept = {name: run.path / name for name in (REPORT_HTML, PREDICTIONS_FILE) if (run.path / name).exists()}
+    tag = registry.save_version(model, metadata=metadata, labels=labels, litert=conversion.tflite, files=kept)
+    run.write_json(run.registered, {"tag": tag, "gate": gate.as_dict()})
+    forced = force and not gate.passed
+    if promote and not forced:
+        registry.promote(tag)
+    return RegisterResult(tag=tag, promoted=promote and not forced, forced=forced, gate=gate,
+                          litert=conversion.reason, litert_accepted=conversion.accepted)
+
+
+def _run_and_report(run: RunDir) -> tuple[dict, TuningProfile, dict]:
+    """(tune.json, profile, evaluation.json) of a run, refused unless the report is this model's own,
+    made on the manifest the run was tuned on."""
+    from glasses.files import file_sha256
+
     summary = run.read_tune_summary()
     profile = run.read_profile(summary)
     evaluate_again = f"run `glasses-train evaluate --run-dir {run.path}`"
@@ -193,26 +237,7 @@ def register(run_dir: str | Path, *, force: bool = False, promote: bool = True) 
         raise UserError(f"{run.report} was not made from {run.model}; {evaluate_again}")
     if report.get("manifest_hash") != summary["manifest_hash"]:
         raise UserError(f"{run.report} scores another split manifest than the run was tuned on; {evaluate_again}")
-    gate = check_gate(report["metrics"], report["manifest_hash"], metric=profile.gate_metric,
-                      floor=profile.gate_floor)
-    if not gate.passed and not force:
-        raise UserError(f"quality gate refused the model: {gate.reason} (use --force to register anyway)")
-    model = load_keras_model(run.model)
-    metadata = build_metadata(summary, report, profile, gate=gate, forced=force and not gate.passed)
-    labels = {
-        "profile": profile.name,
-        "objective": profile.objective,
-        "gate": "passed" if gate.passed else "forced",
-        "forced": str(bool(force and not gate.passed)).lower(),
-        "data": summary["data_fingerprint"][:12],
-        "run": run.name,
-    }
-    tag = registry.save_version(model, metadata=metadata, labels=labels)
-    run.write_json(run.registered, {"tag": tag, "gate": gate.as_dict()})
-    forced = force and not gate.passed
-    if promote and not forced:
-        registry.promote(tag)
-    return RegisterResult(tag=tag, promoted=promote and not forced, forced=forced, gate=gate)
+    return summary, profile, report
 
 
 # --- CLI ----------------------------------------------------------------------------------------
@@ -223,6 +248,7 @@ def _register_cli(args) -> int:
 
     result = register(args.run_dir, force=args.force, promote=not args.no_promote)
     print(f"registered {result.tag} in {registry.store_dir()} ({result.gate.reason}{'; FORCED' if result.forced else ''})")
+    print(result.litert, file=sys.stdout if result.litert_accepted else sys.stderr)
     print(f"promoted: {'yes' if result.promoted else 'no'}"
           + (f" (forced past the gate: `glasses-train registry promote {result.tag}` to serve it)" if result.forced else ""))
     return 0

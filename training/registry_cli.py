@@ -1,7 +1,7 @@
 """`glasses-train registry list|show|promote|export|import`: manage the model versions in the store.
 
     list [--json]       every version, newest first, with key test metrics; * = promoted (served by default)
-    show TAG            labels and metadata of one version
+    show TAG [--report] labels and metadata of one version; its HTML evaluation report
     promote TAG         serve this version by default (rollback = promote an older one)
     export TAG FILE     write a version to a .bentomodel archive (never over an existing file; --overwrite)
     import FILE         add a .bentomodel archive to the store (not promoted; one already there is kept)
@@ -48,6 +48,11 @@ def _list(args: argparse.Namespace) -> None:
 def _show(args: argparse.Namespace) -> None:
     from glasses import registry
 
+    if args.report:
+        from training.report import version_report
+
+        print(f"report: {version_report(args.tag, args.out)}")
+        return
     print(json.dumps(registry.describe(args.tag), indent=2, default=str))
 
 
@@ -89,7 +94,11 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     sub = r.add_subparsers(dest="action", required=True)
     ls = sub.add_parser("list", help="versions with key metrics; * = promoted")
     ls.add_argument("--json", action="store_true")
-    sub.add_parser("show", help="labels and metadata of one version").add_argument("tag")
+    show = sub.add_parser("show", help="labels and metadata of one version; --report writes its HTML report")
+    show.add_argument("tag")
+    show.add_argument("--report", action="store_true",
+                      help="write the version's evaluation report (HTML) and print its path")
+    show.add_argument("--out", type=Path, help="where to write the report (default artifacts/reports/NAME-VERSION.html)")
     sub.add_parser("promote", help="serve this version by default (rollback = promote an older one)").add_argument("tag")
     ex = sub.add_parser("export", help="write a version to a .bentomodel file")
     ex.add_argument("tag")

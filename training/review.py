@@ -35,11 +35,11 @@ from glasses.config import (
     WORK_DIR,
 )
 from glasses.files import UserError, file_sha256, write_json_atomic
+from training.exclusions import KAGGLE_KINDS, read_exclusion_file
 
 CSV_COLUMNS = ("file", "given_label", "p_glasses", "rank", "id", "source", "person", "fold",
                "label_quality", "issue")
 EXCLUSION_FILE = "exclude.txt"
-KAGGLE_KINDS = ("kaggle", "kaggle-dir")
 
 
 @dataclass
@@ -231,20 +231,12 @@ def read_review(out: Path) -> list[dict]:
     return sorted(rows, key=lambda r: int(r["rank"]))
 
 
-def read_id_list(path: Path) -> list[str]:
-    """Ids from a text file: one per line, '#' starts a comment, blank lines ignored."""
-    if not Path(path).is_file():
-        raise UserError(f"ids file not found: {path}")
-    ids = [line.split("#", 1)[0].strip() for line in Path(path).read_text().splitlines()]
-    return [i for i in ids if i]
-
-
 def choose(rows: list[dict], *, top: int | None = None, ids_file: Path | None = None) -> tuple[list[dict], str]:
     """The rows to exclude and how they were chosen: the top N, the listed ids (or files), else cleanlab's flags."""
     if top is not None:
         return rows[:top], f"top {top} of the ranking"
     if ids_file is not None:
-        wanted = read_id_list(ids_file)
+        wanted = sorted(read_exclusion_file(ids_file).ids)
         by_key = {}
         for r in rows:
             by_key.setdefault(r["id"], r)
@@ -286,6 +278,8 @@ def check_args(args: argparse.Namespace) -> None:
             raise UserError("give --top N or --ids FILE, not both")
         if args.top is not None and args.top < 1:
             raise UserError(f"--top must be at least 1, got {args.top}")
+        if args.ids is not None and not args.ids.is_file():
+            raise UserError(f"ids file not found: {args.ids}")
         return
     if args.top is not None or args.ids is not None:
         raise UserError("--top and --ids go with --apply DIR")

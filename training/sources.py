@@ -65,6 +65,8 @@ class Inventory:
     missing_images: list[str] = field(default_factory=list)
     unlabelled_images: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    removed: list[tuple[str, int]] = field(default_factory=list)  # (id, label) left out by an exclusion file
+    exclusions: list[dict] = field(default_factory=list)  # per exclusion file: path, sha256, removed per class
 
     @property
     def is_zip(self) -> bool:
@@ -185,8 +187,9 @@ def scan_kaggle(path: str) -> Scan:
     return scan
 
 
-def label_kaggle(scan: Scan, *, exclude: bool = True) -> Inventory:
-    """Read train.csv (and test.csv) with dask, apply the exclusions, match ids to images."""
+def label_kaggle(scan: Scan, *, exclude: bool = True, excluded: set[str] | None = None) -> Inventory:
+    """Read train.csv (and test.csv) with dask, leave out the excluded ids (default: the paper's list
+    unless exclude=False), match ids to images."""
     root = scan.root
     prefix = KAGGLE_IMAGE_DIR.strip("/") + "/"
     images = {str(int(_FACE_RE.match(f[len(prefix):]).group(1))): f for f, _, _ in scan.images}
@@ -214,7 +217,7 @@ def label_kaggle(scan: Scan, *, exclude: bool = True) -> Inventory:
         test_ids = {str(i) for i in test["id"].tolist()}
         notes.append(f"test.csv: {len(test_ids)} unlabelled ids ignored for training")
 
-    excluded_set = load_excluded_ids() if exclude else set()
+    excluded_set = excluded if excluded is not None else (load_excluded_ids() if exclude else set())
     inv = Inventory(kind=scan.kind, root=root, source=scan.source, ids=[], files=[], labels=[],
                     groups=None, grouped_by=None, notes=notes)
     labelled = set()
@@ -223,6 +226,7 @@ def label_kaggle(scan: Scan, *, exclude: bool = True) -> Inventory:
         labelled.add(sid)
         if sid in excluded_set:
             inv.excluded[CLASS_NAMES[label]] += 1
+            inv.removed.append((sid, int(label)))
             continue
         if sid not in images:
             inv.missing_images.append(f"id {sid}: no {prefix}face-{sid}.png")
@@ -273,8 +277,9 @@ def scan_folders(path: str) -> Scan:
     return scan
 
 
-def label_folders(scan: Scan, *, group_column: str | None = None) -> Inventory:
-    """Labels from the folder names; groups (persons) from labels.csv read with dask, when present."""
+def label_folders(scan: Scan, *, group_column: str | None = None, excluded: set[str] | None = None) -> Inventory:
+    """Labels from the folder names; groups (persons) from labels.csv read with dask, when present;
+    files listed in `excluded` (paths relative to the root) left out."""
     root = scan.root
     inv = Inventory(kind=scan.kind, root=root, source=scan.source, ids=[], files=[], labels=[],
                     groups=None, grouped_by=None)
@@ -304,6 +309,10 @@ def label_folders(scan: Scan, *, group_column: str | None = None) -> Inventory:
     no_group = 0
     groups = []
     for rel, label, _ in scan.images:
+        if excluded and rel in excluded:
+            inv.excluded[CLASS_NAMES[label]] += 1
+            inv.removed.append((rel, label))
+            continue
         inv.ids.append(rel)
         inv.files.append(rel)
         inv.labels.append(label)
@@ -331,8 +340,10 @@ def scan(source: str, *, work_dir: Path = WORK_DIR) -> Scan:
     return scan_kaggle(path) if kind == "kaggle-dir" else scan_folders(path)
 
 
-def inventory(listing: Scan, *, exclude: bool = True, group_column: str | None = None) -> Inventory:
-    """Read the labels of a scanned source (dask) -> what will be decoded, with labels and groups."""
+def inventory(listing: Scan, *, exclude: bool = True, group_column: str | None = None,
+              excluded: set[str] | None = None) -> Inventory:
+    """Read the labels of a scanned source (dask) -> what will be decoded, with labels and groups.
+    `excluded`: ids to leave out (training.exclusions); None = the Kaggle default (`exclude`)."""
     if listing.kind == "kaggle-dir":
-        return label_kaggle(listing, exclude=exclude)
-    return label_folders(listing, group_column=group_column)
+        return label_kaggle(listing, exclude=exclude, excluded=excluded)
+    return label_folders(listing, group_column=group_column, excluded=excluded)

@@ -115,6 +115,7 @@ def write_manifest(cache_dir: Path, seed: int) -> Path:
         },
         "counts": counts,
         "excluded": index["excluded"],
+        "exclusions": index.get("exclusions", []),
         "skipped": index["skipped"],
         "missing_images": index["missing_images"],
         "unlabelled_images": index["unlabelled_images"],

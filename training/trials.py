@@ -16,15 +16,18 @@ from typing import Any
 from glasses.files import write_json_atomic
 from training.cli import UserError
 
-TRIAL_FILE = "glasses_trial.json"
+TRIAL_FILE = "glasses_trial.json"  # wall time, tuner id, seconds per epoch, precision
 HISTORY_FILE = "glasses_history.json"
 
 
 def make_tuner_class() -> type:
-    """keras_tuner.Hyperband that records each trial's wall time, worker and history in its directory."""
+    """keras_tuner.Hyperband that records each trial's wall time, epoch times, worker and history in its directory."""
     import keras_tuner as kt
 
     class GlassesHyperband(kt.Hyperband):
+        epoch_timer = None  # an acceleration.epoch_timer() passed in the search callbacks
+        precision = "float32"
+
         def on_trial_begin(self, trial):
             self._trial_started = time.monotonic()
             super().on_trial_begin(trial)
@@ -39,7 +42,8 @@ def make_tuner_class() -> type:
 
         def on_trial_end(self, trial):
             wall = time.monotonic() - getattr(self, "_trial_started", time.monotonic())
-            record = {"wall_time_s": round(wall, 3), "tuner_id": self.tuner_id}
+            record = {"wall_time_s": round(wall, 3), "tuner_id": self.tuner_id, "precision": self.precision,
+                      "epoch_times_s": list(self.epoch_timer.epoch_times) if self.epoch_timer else []}
             path = Path(self.get_trial_dir(trial.trial_id)) / TRIAL_FILE
             path.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(path, record)

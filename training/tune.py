@@ -35,13 +35,14 @@ from typing import Any
 
 from glasses.config import IMBALANCE_WARNING_BELOW, TUNING_PROFILES, TUNING_SUBDIR, WORK_DIR, TuningProfile
 from glasses.files import write_json_atomic
-from training import keras_tuner_compat
+from training import acceleration, keras_tuner_compat
 from training.cli import UserError
 from training.fitting import class_weights, fit_verbosity, history_lists, resolve_augment
 from training.rundir import RunDir
 from training.trials import active_hyperparameters, check_trials, make_tuner_class, stitched_history, trial_summaries
 
 CONFIG_FILE = "glasses_tune_config.json"
+TENSORBOARD_SUBDIR = "tensorboard"  # <project>/tensorboard/<trial id>/execution0: scalars + HParams
 # The settings that define a search: resuming with any of them changed is refused.
 SEARCH_KEYS = ("search_space", "objective", "max_epochs", "factor", "hyperband_iterations", "seed",
                "patience", "class_weight", "augment", "image_size", "batch_size")
@@ -66,6 +67,7 @@ class TuneResult:
     history: dict[str, list[float]] = field(default_factory=dict)
     final_model: str = ""  # "refit" | "best trial checkpoint" (and why)
     refit_score: float | None = None  # best validation objective of the refit, when there was one
+    final_fit_epoch_times_s: list[float] = field(default_factory=list)  # wall seconds per refit epoch
 
 
 # --- profiles, roles, checks -------------------------------------------------------------------
@@ -160,8 +162,22 @@ def tune(
 
     Returns a TuneResult; local and chief runs write the model, its history and tune.json into
     `run_dir` (default: a new WORK_DIR/runs/<timestamp>-<profile>-<id>/). Raises UserError when any
-    trial failed, so a broken environment can never hand back an untrained "best" model.
+    trial failed, so a broken environment can never hand back an untrained "best" model. Runs under
+    this machine's acceleration plan (training/acceleration.py); the saved model is float32.
     """
+    from training.data import read_manifest
+
+    read_manifest(manifest_path)  # a wrong path or file fails here, before TensorFlow loads
+    plan = acceleration.make_plan()
+    acceleration.set_threads(plan.intra_threads, plan.inter_threads)  # before TensorFlow's runtime starts
+    with acceleration.accelerated(plan):
+        return _tune(Path(manifest_path), profile, plan, fresh=fresh, work_dir=work_dir, run_dir=run_dir,
+                     verbose=verbose)
+
+
+def _tune(manifest_path: Path, profile: str | TuningProfile, plan: acceleration.Plan, *, fresh: bool,
+          work_dir: str | Path, run_dir: str | Path | None, verbose: int | None) -> TuneResult:
+    """The search and the final model, under an acceleration plan already in force."""
     from training.data import make_dataset
 
     manifest_path, manifest, profile = _inputs(manifest_path, profile)
@@ -185,8 +201,9 @@ def tune(
         val=make_dataset(manifest_path, "val", batch_size=profile.batch_size, shuffle=False),
         class_weight=class_weights(manifest_path, profile.class_weight),
         verbose=verbose,
+        timer=acceleration.epoch_timer(),
     )
-    tuner, resumed, search_wall = _search(profile, project_dir, data, role, _train_steps(manifest, profile))
+    tuner, resumed, search_wall = _search(profile, project_dir, data, role, _train_steps(manifest, profile), plan)
     result = TuneResult(role=role, profile=profile.name, objective=profile.objective, project_dir=project_dir,
                         search_wall_time_s=round(search_wall, 3))
     if role == "worker":
@@ -195,7 +212,7 @@ def tune(
         return result
     model = _final_model(tuner, profile, data, result, int(manifest["size"]))
     run = RunDir(run_dir) if run_dir else RunDir.new(work_dir, profile.name)
-    _write_run(run, model, result, profile, manifest_path, manifest, config["manifest_hash"], resumed)
+    _write_run(run, model, result, profile, manifest_path, manifest, config["manifest_hash"], resumed, plan)
     print(f"[tune] search {search_wall:.1f}s + final model {result.final_fit_wall_time_s:.1f}s; "
           f"{sum(t['status'] == 'COMPLETED' for t in result.trials)} trials; model -> {result.model_path}", flush=True)
     return result
@@ -203,12 +220,13 @@ def tune(
 
 @dataclass
 class _FitData:
-    """What every fit of a search gets: datasets, class weights, progress display."""
+    """What every fit of a search gets: datasets, class weights, progress display, the epoch timer."""
 
     train: Any
     val: Any
     class_weight: dict[int, float] | None
     verbose: int
+    timer: Any  # acceleration.epoch_timer(): wall seconds per epoch
 
 
 def _inputs(manifest_path: str | Path, profile: str | TuningProfile) -> tuple[Path, dict, TuningProfile]:
@@ -245,8 +263,8 @@ def _open_project(work_dir: str | Path, profile: TuningProfile, manifest_path: P
     return project_dir, config
 
 
-def _search(profile: TuningProfile, project_dir: Path, data: _FitData, role: str,
-            train_steps: int) -> tuple[Any, bool, float]:
+def _search(profile: TuningProfile, project_dir: Path, data: _FitData, role: str, train_steps: int,
+            plan: acceleration.Plan) -> tuple[Any, bool, float]:
     """Build the tuner over the project and run (or resume) the search: (tuner, resumed, seconds)."""
     import keras
     import keras_tuner as kt
@@ -267,11 +285,15 @@ def _search(profile: TuningProfile, project_dir: Path, data: _FitData, role: str
     resumed = keras_tuner_compat.has_saved_state(tuner)
     print(f"[tune] {role} search, profile {profile.name}, objective {profile.objective}, project {project_dir}",
           flush=True)
+    print(f"[tune] {acceleration.describe(plan)}; TensorBoard: tensorboard --logdir {project_dir / TENSORBOARD_SUBDIR}",
+          flush=True)
     early = keras.callbacks.EarlyStopping(monitor=profile.objective, mode="max", patience=profile.patience)
+    tuner.epoch_timer, tuner.precision = data.timer, plan.precision
+    board = keras.callbacks.TensorBoard(log_dir=str(project_dir / TENSORBOARD_SUBDIR), write_graph=False)
     started = time.monotonic()
     try:
-        tuner.search(data.train, validation_data=data.val, callbacks=[early], class_weight=data.class_weight,
-                     verbose=data.verbose)
+        tuner.search(data.train, validation_data=data.val, callbacks=[early, data.timer, board],
+                     class_weight=data.class_weight, verbose=data.verbose)
     except RuntimeError as exc:  # keras-tuner stops after max_consecutive_failed_trials failures
         if "consecutive failures" in str(exc):
             last = [line for line in str(exc).strip().splitlines() if line.strip()][-1]
@@ -320,8 +342,9 @@ def _refit(profile: TuningProfile, data: _FitData, result: TuneResult, size: int
     restore = keras.callbacks.EarlyStopping(monitor=profile.objective, mode="max", patience=profile.patience,
                                             restore_best_weights=True)
     print(f"[tune] retraining the best hyperparameters for up to {profile.final_epochs} epochs", flush=True)
-    history = model.fit(data.train, validation_data=data.val, epochs=profile.final_epochs, callbacks=[restore],
-                        class_weight=data.class_weight, verbose=data.verbose)
+    history = model.fit(data.train, validation_data=data.val, epochs=profile.final_epochs,
+                        callbacks=[restore, data.timer], class_weight=data.class_weight, verbose=data.verbose)
+    result.final_fit_epoch_times_s = list(data.timer.epoch_times)
     result.history = history_lists(history)
     result.refit_score = max(result.history.get(profile.objective) or [float("-inf")])
     result.final_model = "refit"
@@ -329,12 +352,12 @@ def _refit(profile: TuningProfile, data: _FitData, result: TuneResult, size: int
 
 
 def _write_run(run: RunDir, model: Any, result: TuneResult, profile: TuningProfile, manifest_path: Path,
-               manifest: dict, manifest_hash: str, resumed: bool) -> None:
+               manifest: dict, manifest_hash: str, resumed: bool, plan: acceleration.Plan) -> None:
     """The final model, its history and tune.json (what the search did, on which data) into the run dir."""
     run.path.mkdir(parents=True, exist_ok=True)
     result.run_dir = run.path
     result.model_path = run.model
-    model.save(run.model)
+    acceleration.float32_copy(model).save(run.model)  # trained in bf16 or not, saved float32
     run.write_json(run.history, result.history)
     summary = asdict(result) | {
         "profile_config": profile.as_dict(),
@@ -348,6 +371,7 @@ def _write_run(run: RunDir, model: Any, result: TuneResult, profile: TuningProfi
         "trials_time_total_s": round(sum(t.get("wall_time_s", 0.0) for t in result.trials), 3),
         "training_wall_time_s": round(result.search_wall_time_s + result.final_fit_wall_time_s, 3),
         "resumed": resumed,
+        "acceleration": plan.as_dict(),
     }
     run.write_json(run.tune_summary, summary, default=str)
 

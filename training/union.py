@@ -125,6 +125,8 @@ def union_index(parts: list[dict], kept: list[tuple[int, int]], stats: list[dict
         "sources": sources,
         "skipped": _prefixed(parts, "skipped"),
         "excluded": {c: sum(part["index"]["excluded"].get(c, 0) for part in parts) for c in parts[0]["index"]["excluded"]},
+        "exclusions": [{**record, "source": part["index"]["source"]}
+                       for part in parts for record in part["index"].get("exclusions", [])],
         "missing_images": _prefixed(parts, "missing_images"),
         "unlabelled_images": _prefixed(parts, "unlabelled_images"),
         "notes": _prefixed(parts, "notes") + notes + [
@@ -175,7 +177,7 @@ def annotate_manifest(manifest_path: Path, cache_dir: Path) -> None:
 
 def prepare_union(sources: list[str], *, size: int = IMAGE_SIZE, exclude: bool = True,
                   scheduler: str | None = None, work_dir: Path = WORK_DIR, seed: int = SEED,
-                  group_column: str | None = None, progress: bool = True):
+                  group_column: str | None = None, progress: bool = True, exclude_files: list = ()):
     """Prepare every source, then their deduplicated union split by person (a PreparedData)."""
     from training.prepare import PreparedData, prepare
 
@@ -183,7 +185,7 @@ def prepare_union(sources: list[str], *, size: int = IMAGE_SIZE, exclude: bool =
         raise UserError(f"a source is given twice: {', '.join(sources)}")
     t0 = time.perf_counter()
     prepared = [prepare(s, size=size, exclude=exclude, scheduler=scheduler, work_dir=work_dir, seed=seed,
-                        group_column=group_column, progress=progress) for s in sources]
+                        group_column=group_column, progress=progress, exclude_files=exclude_files) for s in sources]
     fp = union_fingerprint([p.fingerprint for p in prepared], size)
     cache_dir = cache_root(Path(work_dir)).resolve() / f"union-{size}-{fp[:16]}"
     reused = is_cache_of(cache_dir, fp)
@@ -200,7 +202,8 @@ def prepare_union(sources: list[str], *, size: int = IMAGE_SIZE, exclude: bool =
     return PreparedData(
         manifest_path=manifest_path, cache_dir=cache_dir, fingerprint=fp, counts=manifest["counts"],
         skipped=manifest["skipped"], reused=reused and all(p.reused for p in prepared),
-        excluded=manifest["excluded"], missing_images=manifest["missing_images"],
+        excluded=manifest["excluded"], exclusions=manifest.get("exclusions", []),
+        missing_images=manifest["missing_images"],
         unlabelled_images=manifest["unlabelled_images"], notes=manifest["notes"],
         seconds=time.perf_counter() - t0,
     )
