@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from glasses import calibration
 from glasses.config import MODEL_FILE, WORK_DIR
 from training.cli import UserError
 
@@ -60,7 +61,8 @@ def score_version(tag: str, source: str, *, split: str = "test", work_dir: str |
         raise UserError(f"{stored.tag} was trained or validated on {seen} of these {len(ids)} {split} photos "
                         f"(its split manifest {meta['split_manifest_path']}): its scores here would be inflated")
     model = load_keras_model(stored.path_of(MODEL_FILE))
-    labels, probs = predict_split(model, manifest_path, split)
+    labels, raw = predict_split(model, manifest_path, split)
+    probs = calibration.apply(raw, card["calibration"])  # as the service answers
     if len(labels) == 0:
         raise UserError(f"the {split} split of {source} is empty")
     verdicts = (probs >= threshold).astype(np.int64)

@@ -145,6 +145,9 @@ def build_metadata(summary: dict, report: dict, profile: TuningProfile, *, gate:
         "validation_metrics": report.get("validation_metrics"),
         "threshold": report["threshold"]["value"],
         "threshold_method": report["threshold"]["method"],
+        "calibration": report.get("calibration"),
+        "ece": report.get("ece"),
+        "robustness": _robustness_summary(report.get("robustness")),
         "profile": profile.name,
         "objective": profile.objective,
         "hyperparameters": summary.get("best_hyperparameters"),
@@ -162,6 +165,7 @@ def build_metadata(summary: dict, report: dict, profile: TuningProfile, *, gate:
                          if k not in ("name", "description")},
         },
         "data_source": summary.get("data_source"),
+        "data_sources": summary.get("data_sources") or [summary.get("data_source")],
         "data_fingerprint": summary["data_fingerprint"],
         "split_manifest_hash": report["manifest_hash"],
         "split_manifest_path": report["manifest_path"],
@@ -181,6 +185,14 @@ def build_metadata(summary: dict, report: dict, profile: TuningProfile, *, gate:
         "forced": forced,
         "registered_at": datetime.now(timezone.utc).isoformat(),
     })
+
+
+def _robustness_summary(conditions: dict | None) -> dict | None:
+    """ROC-AUC and recall per robustness condition (the full report stays in the run directory)."""
+    if not conditions:
+        return None
+    return {name: {k: row["all"][k] for k in ("roc_auc", "recall", "photos", "glasses_photos")}
+            for name, row in conditions.items()}
 
 
 def register(run_dir: str | Path, *, force: bool = False, promote: bool = True) -> RegisterResult:

@@ -365,6 +365,8 @@ def _write_run(run: RunDir, model: Any, result: TuneResult, profile: TuningProfi
         "manifest_hash": manifest_hash,
         "data_fingerprint": manifest["fingerprint"],
         "data_source": manifest.get("source"),
+        "data_sources": manifest.get("sources") or [{"source": manifest.get("source"),
+                                                     "fingerprint": manifest["fingerprint"]}],
         "image_size": profile.image_size,
         "params": int(model.count_params()),
         # trials may have run in an earlier (resumed) invocation or in parallel on workers:
