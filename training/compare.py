@@ -45,7 +45,7 @@ def score_version(tag: str, source: str, *, split: str = "test", work_dir: str |
     """
     from glasses import registry
     from glasses.files import load_keras_model
-    from training.data import read_manifest
+    from training.data import photo_keys, read_manifest
     from training.evaluate import binary_metrics, predict_split
     from training.prepare import prepare
 
@@ -55,8 +55,9 @@ def score_version(tag: str, source: str, *, split: str = "test", work_dir: str |
     meta = stored.info.metadata
     size, threshold = card["preprocessing"]["image_size"], card["threshold"]
     manifest_path = prepare(source, size=size, work_dir=work_dir, progress=False).manifest_path
-    ids = list(read_manifest(manifest_path)["splits"][split]["ids"])
-    seen = photos_seen_in_training(meta, ids)
+    manifest = read_manifest(manifest_path)
+    ids = list(manifest["splits"][split]["ids"])
+    seen = photos_seen_in_training(meta, photo_keys(manifest, split))
     if seen:
         raise UserError(f"{stored.tag} was trained or validated on {seen} of these {len(ids)} {split} photos "
                         f"(its split manifest {meta['split_manifest_path']}): its scores here would be inflated")
@@ -71,16 +72,17 @@ def score_version(tag: str, source: str, *, split: str = "test", work_dir: str |
             "metrics": binary_metrics(labels, probs, threshold)}
 
 
-def photos_seen_in_training(meta: dict, ids: list[str]) -> int | None:
-    """How many of `ids` are in the train or val split the version was made with; None if unknown
-    (its split manifest, recorded at registration, is not on this machine)."""
-    from training.data import read_manifest
+def photos_seen_in_training(meta: dict, keys: list[str]) -> int | None:
+    """How many photos (training.data.photo_keys) are in the train or val split the version was made
+    with, of its own source or of a union; None if unknown (its split manifest, recorded at
+    registration, is not on this machine)."""
+    from training.data import photo_keys, read_manifest
 
     path = meta.get("split_manifest_path")
     if not path or not Path(path).is_file():
         return None
-    splits = read_manifest(path)["splits"]
-    return len(set(ids) & (set(splits["train"]["ids"]) | set(splits["val"]["ids"])))
+    trained = read_manifest(path)
+    return len(set(keys) & (set(photo_keys(trained, "train")) | set(photo_keys(trained, "val"))))
 
 
 def compare(tags: list[str], source: str, *, split: str = "test", work_dir: str | Path = WORK_DIR) -> dict:
