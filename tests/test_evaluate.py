@@ -10,8 +10,6 @@ import pytest
 
 from glasses import calibration
 from training.evaluate import (
-    CURVES_FILE,
-    REPORT_FILE,
     binary_metrics,
     choose_threshold,
     evaluate,
@@ -19,6 +17,7 @@ from training.evaluate import (
     roc_auc,
 )
 from training.data import load_split
+from training.rundir import CURVES_FILE, REPORT_FILE
 
 from _training import tiny_manifest
 

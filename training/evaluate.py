@@ -15,7 +15,6 @@ functions serve the registry, the experiments table and anyone checking a model 
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -29,10 +28,9 @@ from glasses.preprocessing import rescale
 from training.calibrate import DIAGRAM_FILE, calibration_report, plot_reliability
 from training.cli import UserError
 from training.robustness import robustness
+from training.rundir import RunDir
 
 EPSILON = 1e-7  # Keras' clipping for binary cross-entropy
-REPORT_FILE = "evaluation.json"
-CURVES_FILE = "learning_curves.png"
 
 
 # --- metrics ------------------------------------------------------------------------------------
@@ -161,7 +159,7 @@ def evaluate(
     model,
     manifest_path: str | Path,
     *,
-    threshold: str | float = "0.5",
+    threshold: str | float = DEFAULT_THRESHOLD,
     history: dict[str, list[float]] | None = None,
     out_dir: str | Path | None = None,
     batch_size: int = BATCH_SIZE,
@@ -171,7 +169,7 @@ def evaluate(
 ) -> dict:
     """Evaluate `model` (a keras.Model or a .keras path) on the test split; write the report if out_dir.
 
-    threshold: a number, "0.5" or "val_balanced_accuracy" (on the calibrated validation split);
+    threshold: a number (or its text) or "val_balanced_accuracy" (on the calibrated validation split);
     calibration: "platt" | "temperature" (fitted on validation) | None; robust: also score the
     conditions of training/robustness.py (robustness.json/.md). Returns the report dict; with out_dir
     also writes evaluation.json, learning_curves.png and reliability.png there."""
@@ -218,25 +216,25 @@ def evaluate(
                                           out_dir=out_dir)["conditions"]
     report["seconds"] = round(time.monotonic() - started, 3)
     if out_dir is not None:
-        write_outputs(Path(out_dir), report, manifest, history or {}, title, test_true, test_prob)
+        write_outputs(RunDir(out_dir), report, manifest, history or {}, title, test_true, test_prob)
     return report
 
 
-def write_outputs(out_dir: Path, report: dict, manifest: dict, history: dict, title: str,
+def write_outputs(out: RunDir, report: dict, manifest: dict, history: dict, title: str,
                   test_true: np.ndarray, test_prob: np.ndarray) -> None:
-    """evaluation.json, learning_curves.png, test_predictions.json and report.html into out_dir."""
+    """evaluation.json, learning_curves.png, test_predictions.json and report.html into the directory."""
     from training.data import load_split
     from training.report import write_run_report
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    curves = plot_learning_curves(history, out_dir / CURVES_FILE, title)
+    out.path.mkdir(parents=True, exist_ok=True)
+    curves = plot_learning_curves(history, out.curves, title)
     report["learning_curves"] = str(curves) if curves else None
-    report["report_path"] = str(out_dir / REPORT_FILE)
+    report["report_path"] = str(out.report)
     images, _ = load_split(report["manifest_path"], "test")
-    html = write_run_report(out_dir, report, title=f"Evaluation report: {title or out_dir.name}", images=images,
+    html = write_run_report(out.path, report, title=f"Evaluation report: {title or out.name}", images=images,
                             files=manifest["splits"]["test"]["files"], y=test_true, p=test_prob, curves=curves)
     report["html_report"] = str(html)
-    (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2))
+    out.write_json(out.report, report)
 
 
 def parse_threshold(threshold: str | float) -> str | float:
@@ -268,22 +266,18 @@ def served_predictor(model, calibration: dict | None, batch_size: int = BATCH_SI
 
 def evaluate_run(run_dir: str | Path, *, threshold: str | float | None = None, robust: bool = True) -> dict:
     """Evaluate the model of a `glasses-train tune` run directory with the profile's threshold rule."""
-    from training.tune import read_tune_summary
-
-    run_dir = Path(run_dir)
-    summary = read_tune_summary(run_dir)
-    profile = summary["profile_config"]
-    history_path = run_dir / "history.json"
-    history = json.loads(history_path.read_text()) if history_path.exists() else {}
+    run = RunDir(run_dir)
+    summary = run.read_tune_summary()
+    profile = run.read_profile(summary)
     return evaluate(
-        run_dir / "model.keras",
+        run.model,
         summary["manifest_path"],
-        threshold=profile.get("threshold", "0.5") if threshold is None else threshold,
-        history=history,
-        out_dir=run_dir,
-        batch_size=profile.get("batch_size", BATCH_SIZE),
-        title=f"{profile['name']} profile, objective {profile['objective']}",
-        calibration=profile.get("calibration", "platt"),
+        threshold=profile.threshold if threshold is None else threshold,
+        history=run.read_history(),
+        out_dir=run.path,
+        batch_size=profile.batch_size,
+        title=f"{profile.name} profile, objective {profile.objective}",
+        calibration=profile.calibration,
         robust=robust,
     )
 
@@ -320,7 +314,7 @@ def _cli(args) -> int:
     if args.run_dir:
         report = evaluate_run(args.run_dir, threshold=args.threshold, robust=not args.no_robustness)
     elif args.model and args.manifest:
-        report = evaluate(args.model, args.manifest, threshold=args.threshold or "0.5",
+        report = evaluate(args.model, args.manifest, threshold=args.threshold or DEFAULT_THRESHOLD,
                           out_dir=args.out or args.model.parent, robust=not args.no_robustness)
     else:
         raise UserError("give --run-dir, or --model and --manifest")

@@ -33,7 +33,7 @@ def run(
 
     work_dir = Path(work_dir)
     config = get_profile(profile)
-    size = size or config["image_size"]
+    size = size or config.image_size
     started = time.monotonic()
     out: dict = {"profile": profile}
     sources = [source] if isinstance(source, str) else list(source)
