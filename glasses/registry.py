@@ -249,12 +249,11 @@ def set_alias(name: str, tag: str | None, *, traffic: float = 0.0, shadow: bool 
     """Point alias `name` at `tag` (None: remove it); atomic, locked, recorded. Returns the history entry."""
     if not ALIAS_PATTERN.fullmatch(name):
         raise RegistryError(f"alias {name!r} must match {ALIAS_PATTERN.pattern}")
-    if not 0.0 <= traffic <= 1.0:
-        raise RegistryError(f"--traffic must be a share between 0 and 1, got {traffic}")
+    if not 0.0 <= traffic <= 1.0 or (traffic and shadow):
+        raise RegistryError(f"--traffic must be a share between 0 and 1 without --shadow, got {traffic}"
+                            + (" with --shadow" if shadow else ""))
     if name == PRODUCTION and (traffic or shadow):
         raise RegistryError("production answers what the candidate does not: give --traffic/--shadow to the candidate")
-    if traffic and shadow:
-        raise RegistryError("an alias either answers a share of the traffic (--traffic) or shadows it (--shadow)")
     full = str(get_model(tag).tag) if tag is not None else None
     with _locked():
         aliases = read_aliases()
