@@ -263,6 +263,7 @@ def model_card(bento_model: Any) -> dict[str, Any]:
         "version": bento_model.tag.version,
         "created": bento_model.info.creation_time.isoformat(),
         "threshold": float(meta.get("threshold", DEFAULT_THRESHOLD)),
+        "calibration": meta.get("calibration") or None,  # glasses.calibration; None = raw probabilities
         "metrics": meta.get("metrics") or {},
         "class_map": meta.get("class_map") or CLASS_MAP,
         "positive_class": POSITIVE_CLASS,
@@ -273,6 +274,7 @@ def model_card(bento_model: Any) -> dict[str, Any]:
         },
         "labels": dict(bento_model.info.labels or {}),
         "data_source": meta.get("data_source"),
+        "data_sources": meta.get("data_sources") or [],
         "data_fingerprint": meta.get("data_fingerprint"),
         "profile": meta.get("profile"),
         "objective": meta.get("objective"),

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from glasses import preprocessing
+from glasses import calibration, preprocessing
 from glasses.config import (
     IMAGE_SIZE,
     LITERT_MAX_BATCH,
@@ -169,13 +169,29 @@ def choose_runtime(bento_model_or_path: Any, requested: str = "auto") -> str:
     return requested
 
 
+class CalibratedClassifier(_WarmUp):
+    """A runtime's raw P(glasses) through the version's calibration (glasses.calibration.apply, the
+    same function evaluation uses): what the service answers and thresholds."""
+
+    def __init__(self, raw: Classifier, calibration: dict) -> None:
+        self.raw, self.calibration = raw, calibration
+        self.runtime, self.image_size = raw.runtime, raw.image_size
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 (N, S, S, 3) -> float32 calibrated P(glasses) (N,)."""
+        return calibration.apply(self.raw(pixels), self.calibration)
+
+
 def load_classifier(bento_model_or_path: Any, runtime: str = "auto", image_size: int | None = None) -> Classifier:
-    """Load a version with the runtime `choose_runtime` picks (image_size default: its metadata's)."""
+    """Load a version with the runtime `choose_runtime` picks (image_size default: its metadata's),
+    calibrated with its metadata's `calibration` when it has one."""
     chosen = choose_runtime(bento_model_or_path, runtime)
+    meta = getattr(getattr(bento_model_or_path, "info", None), "metadata", None) or {}
     if image_size is None:
-        meta = getattr(getattr(bento_model_or_path, "info", None), "metadata", None) or {}
         image_size = int(meta.get("image_size", IMAGE_SIZE))
     folder = version_dir(bento_model_or_path)
     if chosen == "litert":
-        return LiteRTClassifier(folder / LITERT_MODEL_FILE, image_size)
-    return TFClassifier(folder / MODEL_FILE, image_size)
+        raw: Classifier = LiteRTClassifier(folder / LITERT_MODEL_FILE, image_size)
+    else:
+        raw = TFClassifier(folder / MODEL_FILE, image_size)
+    return CalibratedClassifier(raw, meta["calibration"]) if meta.get("calibration") else raw

@@ -22,7 +22,8 @@ import psutil
 from glasses.config import REPO_ROOT
 
 HOST = "127.0.0.1"
-QUIET_ENV = {"BENTOML_DO_NOT_TRACK": "True", "TF_CPP_MIN_LOG_LEVEL": "2"}  # no usage tracking, less TF noise
+# For every server and CLI subprocess this repository starts: no usage tracking, less TF noise.
+QUIET_ENV = {"BENTOML_DO_NOT_TRACK": "True", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 class ServerError(RuntimeError):

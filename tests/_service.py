@@ -25,7 +25,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from glasses.config import CLASS_MAP, IMAGE_SIZE, MODEL_FILE  # noqa: E402
-from loadtests.server import Server, bentoml_command, free_port  # noqa: E402  (free_port re-exported)
+from loadtests.server import QUIET_ENV, Server, bentoml_command, free_port  # noqa: E402  (free_port re-exported)
 
 BENTOML_BIN = Path(sys.executable).parent / "bentoml"
 READY_TIMEOUT = 240.0  # seconds; TF import + model load + warm-up on a loaded 2-core machine
@@ -126,8 +126,7 @@ def model_file(home: Path, tag: str) -> Path:
 
 # --- server -------------------------------------------------------------------------------------
 def _env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True",
-           "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, **QUIET_ENV, "BENTOML_HOME": str(home), "PYTHONPATH": str(REPO_ROOT)}
     env.pop("GLASSES_MODEL", None)
     env.update(extra or {})
     return env

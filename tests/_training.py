@@ -7,12 +7,12 @@ or not) at 64 px, prepared once per test session through the real `prepare` stag
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from loadtests.server import QUIET_ENV
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -37,17 +37,10 @@ def tiny_manifest(base: Path) -> Path:
     return prepare(f"folders:{root}", size=TINY_SIZE, work_dir=base / "work", progress=False).manifest_path
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on right now (bind to port 0)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def cli_env(**extra: str) -> dict[str, str]:
     """Environment for a `glasses-train` subprocess: quiet TF, repo importable, no stray KERASTUNER_*."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KERASTUNER_")}
-    env.update({"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"})
+    env.update({**QUIET_ENV, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"})
     env.update(extra)
     return env
 
@@ -84,24 +77,26 @@ def write_run_dir(run_dir: Path, model, manifest: Path, *, profile: str = "smoke
     with `metrics` entries overriding the measured ones when a test needs exact gate values.
     """
     from training.data import manifest_hash, read_manifest
-    from training.evaluate import REPORT_FILE, evaluate
+    from training.evaluate import evaluate
+    from training.rundir import RunDir
     from training.tune import get_profile
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    model.save(run_dir / "model.keras")
+    run = RunDir(run_dir)
+    model.save(run.model)
     info = read_manifest(manifest)
     summary = {
         "role": "local", "profile": profile, "objective": "val_accuracy",
         "best_hyperparameters": {"units": 32}, "best_trial_id": "0000", "best_score": 0.5, "trials": [],
-        "profile_config": get_profile(profile), "manifest_path": str(manifest), "manifest_hash": manifest_hash(manifest),
+        "profile_config": get_profile(profile).as_dict(), "manifest_path": str(manifest), "manifest_hash": manifest_hash(manifest),
         "data_fingerprint": info["fingerprint"], "data_source": info.get("source"), "image_size": info["size"],
         "params": int(model.count_params()), "training_wall_time_s": 1.0, "search_wall_time_s": 1.0,
     }
-    (run_dir / "tune.json").write_text(json.dumps(summary))
-    report = evaluate(run_dir / "model.keras", manifest, out_dir=run_dir)
+    run.write_json(run.tune_summary, summary)
+    report = evaluate(run.model, manifest, out_dir=run_dir)
     if metrics:
         report["metrics"].update(metrics)
-        (run_dir / REPORT_FILE).write_text(json.dumps(report))
+        run.write_json(run.report, report)
     return run_dir
 
 

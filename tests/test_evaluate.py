@@ -8,9 +8,8 @@ import keras
 import numpy as np
 import pytest
 
+from glasses import calibration
 from training.evaluate import (
-    CURVES_FILE,
-    REPORT_FILE,
     binary_metrics,
     choose_threshold,
     evaluate,
@@ -18,6 +17,7 @@ from training.evaluate import (
     roc_auc,
 )
 from training.data import load_split
+from training.rundir import CURVES_FILE, REPORT_FILE
 
 from _training import tiny_manifest
 
@@ -80,7 +80,8 @@ def test_evaluate_writes_report_and_curves_and_chooses_threshold_on_validation(t
     assert saved["threshold"] == report["threshold"]
     assert "validation" in report["threshold"]["method"]
     x_test, y_test = load_split(manifest, "test")
-    probs = model.predict(x_test.astype("float32") / 255.0, verbose=0).reshape(-1)
+    raw = model.predict(x_test.astype("float32") / 255.0, verbose=0).reshape(-1)
+    probs = calibration.apply(raw.astype("float64"), report["calibration"])  # fitted on validation
     expected = binary_metrics(y_test, probs, report["threshold"]["value"])
     for key in ("accuracy", "balanced_accuracy", "roc_auc", "f1", "precision", "recall"):
         assert saved["metrics"][key] == pytest.approx(expected[key], abs=1e-6), key

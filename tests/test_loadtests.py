@@ -17,7 +17,7 @@ from glasses.config import BUNDLED_MODEL_FILE
 from glasses.preprocessing import ImageDecodeError, decode
 from loadtests.images import bad_uploads, generate_images, load_images, multipart_body
 from loadtests.run import memory_report
-from loadtests.server import free_port
+from loadtests.server import QUIET_ENV, free_port
 from loadtests.slo import SLO, check, main as slo_main, read_stats
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -156,7 +156,7 @@ def test_memory_report_measures_growth_after_warmup() -> None:
 # --- the runner ----------------------------------------------------------------------------------
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
+    env = {**os.environ, **QUIET_ENV, **extra}
     env.pop("GLASSES_MODEL", None)
     return env
 

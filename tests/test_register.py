@@ -14,7 +14,7 @@ import pytest
 
 from glasses import registry
 from glasses.registry import export_version, import_version, save_version
-from glasses.config import MODEL_NAME
+from glasses.config import MODEL_FILE, MODEL_NAME
 from glasses.preprocessing import PREPROCESSING_VERSION
 from training.cli import UserError, main
 from training.data import load_split, manifest_hash
@@ -51,7 +51,7 @@ def test_registered_model_predicts_like_the_original_and_records_lineage(store, 
     stored = bentoml.models.get(result.tag)
     x, _ = load_split(manifest, "test")
     x = x.astype("float32") / 255.0
-    reloaded = keras.saving.load_model(stored.path_of("model.keras"), compile=False)
+    reloaded = keras.saving.load_model(stored.path_of(MODEL_FILE), compile=False)
     np.testing.assert_allclose(reloaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6, atol=1e-7)
 
     meta = stored.info.metadata
@@ -101,10 +101,10 @@ def test_gate_refusal_through_the_cli_is_one_line_and_nonzero(store, manifest, t
 
 def test_a_stale_or_foreign_evaluation_report_is_refused(store, manifest, tmp_path):
     """The report must come from this run's model.keras, on the manifest the run was tuned on."""
-    from training.evaluate import REPORT_FILE
+    from training.rundir import REPORT_FILE
 
     run = write_run_dir(tmp_path / "run", small_model(7), manifest)
-    small_model(8).save(run / "model.keras")  # re-tuned: a new model, the old report left behind
+    small_model(8).save(run / MODEL_FILE)  # re-tuned: a new model, the old report left behind
     with pytest.raises(UserError, match="was not made from"):
         register(run)
     write_run_dir(run, small_model(8), manifest)  # evaluated again: the report is the model's own ...
@@ -138,7 +138,7 @@ def test_crash_mid_registration_leaves_nothing(store, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         save_version(Exploding(), metadata={"x": 1}, labels={})
     assert registry.list_models() == []
-    assert not any((store / "models").rglob("model.keras"))
+    assert not any((store / "models").rglob(MODEL_FILE))
     assert len(made) == 1 and not Path(made[0]).exists()  # BentoML's temp dir cleaned up
 
 
@@ -153,7 +153,7 @@ def test_export_import_round_trip_and_bentoml_cli_sees_the_store(store, manifest
     assert registry.list_models() == []
     assert import_version(archive) == (result.tag, True)
     x = np.random.default_rng(0).random((4, 64, 64, 3), dtype=np.float32)
-    reloaded = keras.saving.load_model(bentoml.models.get(result.tag).path_of("model.keras"), compile=False)
+    reloaded = keras.saving.load_model(bentoml.models.get(result.tag).path_of(MODEL_FILE), compile=False)
     np.testing.assert_allclose(reloaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6, atol=1e-7)
     assert import_version(archive) == (result.tag, False)  # already present: a no-op, reported
     assert main(["registry", "import", str(archive)]) == 0

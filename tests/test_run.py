@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from _training import cli_env, glasses_train, tiny_source
+from training.rundir import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -90,10 +91,10 @@ def test_experiments_reuses_a_finished_run_for_the_hyperband_row(finished_run):
     # later, same --out: the fitted ladder model is reused, the run supplies the Hyperband row
     results = experiments(f"folders:{finished_run['source']}", tuned_run=run_dir, **common)
     rows = json.loads((results.parent / "results.json").read_text())["rows"]
-    evaluation = json.loads((run_dir / "evaluation.json").read_text())
+    evaluation = json.loads(RunDir(run_dir).report.read_text())
     assert [r["name"] for r in rows] == ["perceptron", "hyperband"]
     assert rows[0] == first[0]  # not refitted (the wall time would differ)
-    assert rows[1]["metrics"] == evaluation["metrics"] and rows[1]["report"] == str(run_dir / "evaluation.json")
+    assert rows[1]["metrics"] == evaluation["metrics"] and rows[1]["report"] == str(RunDir(run_dir).report)
     with pytest.raises(UserError, match="another split manifest"):  # 128 px: a different manifest
         experiments(f"folders:{finished_run['source']}", profile="smoke", epochs=1, size=128,
                     work_dir=finished_run["work"], out_dir=finished_run["base"] / "exp-other", tuned_run=run_dir)

@@ -16,9 +16,12 @@ import pytest
 
 from training import fitting, models, tune as tune_mod
 from training.cli import UserError
-from training.tune import HISTORY_FILE, TRIAL_FILE, get_profile, tune
+from training.rundir import RunDir
+from training.trials import HISTORY_FILE, TRIAL_FILE
+from training.tune import get_profile, tune
 
-from _training import PYTHON, REPO, cli_env, free_port, glasses_train, tiny_manifest
+from _training import PYTHON, REPO, cli_env, tiny_manifest
+from loadtests.server import free_port
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +88,7 @@ def test_interrupted_smoke_search_resumes_where_it_stopped(manifest, tmp_path):
     assert {t["precision"] for t in result.trials} <= {"float32", "mixed_bfloat16"}
     assert result.best_trial_id in ("0000", "0001")
     assert result.best_score == max(t["score"] for t in result.trials)
-    summary = json.loads((result.run_dir / "tune.json").read_text())
+    summary = json.loads(RunDir(result.run_dir).tune_summary.read_text())
     assert summary["resumed"] is True
     assert summary["acceleration"]["precision"] == result.trials[-1]["precision"]
     assert summary["acceleration"]["cpu_model"]
@@ -97,10 +100,10 @@ def test_interrupted_smoke_search_resumes_where_it_stopped(manifest, tmp_path):
         assert {"conv_layers", "filters_0", "units", "learning_rate"} <= set(logged)
         assert all(trial["hyperparameters"][k] == v for k, v in logged.items() if k in trial["hyperparameters"])
     assert summary["profile_config"]["max_epochs"] == 2 and summary["objective"] == "val_accuracy"
-    hist = json.loads((result.run_dir / "history.json").read_text())
+    hist = json.loads(RunDir(result.run_dir).history.read_text())
     assert {"loss", "val_loss", "accuracy", "val_accuracy", "val_auc"} <= set(hist)
     assert 1 <= len(hist["loss"]) <= 2
-    model = keras.saving.load_model(result.run_dir / "model.keras", compile=False)
+    model = keras.saving.load_model(RunDir(result.run_dir).model, compile=False)
     assert model.input_shape == (None, 64, 64, 3)
 
     # A finished search resumes into "nothing to do" and the same best trial.
@@ -151,7 +154,7 @@ def test_a_refit_worse_than_the_best_trial_keeps_the_trials_checkpoint(manifest,
     kept = keras.saving.load_model(result.model_path, compile=False).predict(x, verbose=0)
     best = keras.saving.load_model(searched.model_path, compile=False).predict(x, verbose=0)
     np.testing.assert_allclose(kept, best, rtol=1e-6, atol=1e-7)
-    assert json.loads((result.run_dir / "tune.json").read_text())["final_model"] == result.final_model
+    assert json.loads(RunDir(result.run_dir).tune_summary.read_text())["final_model"] == result.final_model
 
 
 def test_a_damaged_saved_search_is_one_line_and_state_is_written_atomically(manifest, tmp_path):
@@ -176,7 +179,7 @@ def test_a_damaged_saved_search_is_one_line_and_state_is_written_atomically(mani
 
 def test_failing_trials_fail_loudly(manifest, tmp_path, monkeypatch):
     """A search space whose models cannot train: keras-tuner returns normally, tune() must not."""
-    def broken(hp, size):  # wrong input size: every fit raises
+    def broken(hp, size, train_steps=None):  # wrong input size: every fit raises
         return models.build_paper_hypermodel(hp, size=size + 8)
 
     monkeypatch.setitem(models.SEARCH_SPACES, "broken", broken)
@@ -224,10 +227,10 @@ def test_distributed_smoke_search_chief_and_one_worker(manifest, tmp_path):
     assert len(timings) == 2 and {t["tuner_id"] for t in timings.values()} == {"tuner0"}
     assert len(trial_files(project, HISTORY_FILE)) == 2
     run_dir = Path(chief_out.split("run directory:")[1].split()[0])
-    summary = json.loads((run_dir / "tune.json").read_text())
+    summary = json.loads(RunDir(run_dir).tune_summary.read_text())
     assert summary["role"] == "chief"
     assert [t["status"] for t in summary["trials"]] == ["COMPLETED", "COMPLETED"]
-    assert (run_dir / "model.keras").exists()
+    assert RunDir(run_dir).model.exists()
 
 
 def test_class_weight_and_augment_hooks(manifest, monkeypatch):

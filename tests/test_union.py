@@ -112,3 +112,19 @@ def test_cli_takes_several_sources(two_sources):
                              cwd=REPO, capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
     assert json.loads(Path(two_sources["result"].manifest_path).read_text())["sources"]
+
+
+def test_photo_keys_are_the_same_in_a_union_and_in_its_source(two_sources):
+    from training.compare import photos_seen_in_training
+    from training.data import photo_keys
+
+    a = two_sources["a"]
+    single = read_manifest(prepare(f"folders:{a}", size=64, work_dir=two_sources["work"], progress=False).manifest_path)
+    union = two_sources["manifest"]
+    from_a = {k for s in SPLITS for k in photo_keys(union, s) if k.startswith(f"folders:{a.resolve()}|")}
+    assert from_a == {k for s in SPLITS for k in photo_keys(single, s)}  # all 40 photos of A, same keys
+    # compare's check that a version trained on the union never saw the photos it is scored on
+    meta = {"split_manifest_path": str(two_sources["result"].manifest_path)}
+    trained = {k for s in ("train", "val") for k in photo_keys(union, s)}
+    assert photos_seen_in_training(meta, photo_keys(single, "test")) == len(set(photo_keys(single, "test")) & trained)
+    assert photos_seen_in_training(meta, sorted(from_a & trained)) == len(from_a & trained) > 0

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from _training import REPO, free_port
+from _training import REPO
+from loadtests.server import free_port
 
 BUNDLED = REPO / "models" / "glasses_classifier.bentomodel"
 

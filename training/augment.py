@@ -86,3 +86,123 @@ def celeba(image, label):
     """The `celeba` profile's augmentation: `augment_image` with CELEBA_AUGMENTATION; label unchanged."""
     return augment_image(image, CELEBA_AUGMENTATION), label
 
+
+# --- the `robust` recipe: the framings and conditions of training/robustness.py -----------------
+# Ranges are wider than the evaluated conditions (models/README.md): the model must hold its verdict
+# at the edges, not only in the middle of them.
+ROBUST_AUGMENTATION: dict[str, Any] = {
+    "near_p": 0.4,  # share of images kept near the original framing (zoom 0.9-1.1)
+    "zoom": (0.6, 2.6),  # visible frame / original frame: < 1 tighter crop, > 1 face smaller in the frame
+    "near_zoom": (0.9, 1.1),
+    "shift": 0.08,  # translation, fraction of the frame (plus up to 80 % of the free room when zoomed out)
+    "rotation": 25.0,  # degrees, uniform +-
+    "lowres_p": 0.35, "lowres": (32, 110),  # down to N px (area), back up (bilinear)
+    "blur_p": 0.3, "blur_sigma": (0.4, 2.2),  # Gaussian, pixels of the 128 px frame
+    "exposure_p": 0.6, "gain": (0.3, 2.2), "near_gain": (0.85, 1.15),  # multiplicative, log-uniform
+    "gamma": (0.7, 1.4), "contrast": (0.7, 1.3),
+    "jpeg_p": 0.6, "jpeg_quality": (15, 95),
+}
+BLUR_TAPS = 9
+
+
+def _uniform(lo, hi, shape=()):
+    import tensorflow as tf
+
+    return tf.random.uniform(shape, lo, hi)
+
+
+def _log_uniform(lo: float, hi: float):
+    import math
+
+    import tensorflow as tf
+
+    return tf.exp(tf.random.uniform([], math.log(lo), math.log(hi)))
+
+
+def _background(size: int):
+    """A smooth random colour field with fine noise: what a zoomed-out or rotated frame shows around the photo."""
+    import tensorflow as tf
+
+    coarse = tf.random.uniform([1, 4, 4, 3], 0.05, 0.95)
+    field = tf.image.resize(coarse, [size, size], method="bilinear")[0]
+    return tf.clip_by_value(field + tf.random.normal([size, size, 3], stddev=0.04), 0.0, 1.0)
+
+
+def reframe(image, params: dict[str, Any] = ROBUST_AUGMENTATION):
+    """One affine warp: zoom (tight crop .. face small in the frame), off-centre shift, rotation;
+    what falls outside the photo is a random background."""
+    import math
+
+    import tensorflow as tf
+
+    size = int(image.shape[0])
+    zoom = tf.where(tf.random.uniform([]) < params["near_p"], _uniform(*params["near_zoom"]), _log_uniform(*params["zoom"]))
+    theta = _uniform(-params["rotation"], params["rotation"]) * (math.pi / 180.0)
+    room = tf.maximum(zoom - 1.0, 0.0) * 0.5 * 0.8 + params["shift"]
+    tx, ty = [_uniform(-1.0, 1.0) * room * size for _ in range(2)]
+    c = (size - 1) / 2.0
+    a0, a1 = zoom * tf.cos(theta), -zoom * tf.sin(theta)
+    b0, b1 = zoom * tf.sin(theta), zoom * tf.cos(theta)
+    transform = tf.stack([a0, a1, c - a0 * c - a1 * c + tx, b0, b1, c - b0 * c - b1 * c + ty, 0.0, 0.0])
+    rgba = tf.concat([image, tf.ones_like(image[..., :1])], axis=-1)[tf.newaxis]
+    warped = tf.raw_ops.ImageProjectiveTransformV3(
+        images=rgba, transforms=transform[tf.newaxis], output_shape=[size, size], fill_value=0.0,
+        interpolation="BILINEAR", fill_mode="CONSTANT")[0]
+    alpha = warped[..., 3:]
+    return warped[..., :3] + (1.0 - alpha) * _background(size)
+
+
+def gaussian_blur(image, sigma):
+    """Separable Gaussian blur of one (S, S, 3) image, reflected borders."""
+    import tensorflow as tf
+
+    r = BLUR_TAPS // 2
+    x = tf.range(-r, r + 1, dtype=tf.float32)
+    k = tf.exp(-0.5 * (x / sigma) ** 2)
+    k = k / tf.reduce_sum(k)
+    padded = tf.pad(image[tf.newaxis], [[0, 0], [r, r], [r, r], [0, 0]], mode="REFLECT")
+    h = tf.nn.depthwise_conv2d(padded, tf.tile(tf.reshape(k, [1, -1, 1, 1]), [1, 1, 3, 1]), [1, 1, 1, 1], "VALID")
+    v = tf.nn.depthwise_conv2d(h, tf.tile(tf.reshape(k, [-1, 1, 1, 1]), [1, 1, 3, 1]), [1, 1, 1, 1], "VALID")
+    return v[0]
+
+
+def _maybe(p: float, fn, image):
+    import tensorflow as tf
+
+    return tf.cond(tf.random.uniform([]) < p, lambda: fn(image), lambda: image)
+
+
+def degrade(image, params: dict[str, Any] = ROBUST_AUGMENTATION):
+    """Camera and upload losses: low resolution, blur, exposure / gamma / contrast, JPEG quality."""
+    import tensorflow as tf
+
+    size = int(image.shape[0])
+
+    def lowres(x):
+        side = tf.random.uniform([], params["lowres"][0], params["lowres"][1] + 1, dtype=tf.int32)
+        small = tf.image.resize(x[tf.newaxis], [side, side], method="area")
+        return tf.image.resize(small, [size, size], method="bilinear")[0]
+
+    def exposure(x):
+        x = tf.pow(tf.maximum(x, 1e-6), _log_uniform(*params["gamma"]))
+        x = x * _log_uniform(*params["gain"])
+        mean = tf.reduce_mean(x)
+        return (x - mean) * _uniform(*params["contrast"]) + mean
+
+    image = _maybe(params["lowres_p"], lowres, image)
+    image = _maybe(params["blur_p"], lambda x: gaussian_blur(x, _uniform(*params["blur_sigma"])), image)
+    image = tf.cond(tf.random.uniform([]) < params["exposure_p"], lambda: exposure(image),
+                    lambda: image * _uniform(*params["near_gain"]))
+    image = tf.clip_by_value(image, 0.0, 1.0)
+    lo, hi = params["jpeg_quality"]
+    return _maybe(params["jpeg_p"], lambda x: tf.image.random_jpeg_quality(x, lo, hi), image)
+
+
+def robust(image, label):
+    """The `robust` profile's augmentation: reframe, then degrade (ROBUST_AUGMENTATION); label unchanged.
+    No flip or grayscale step: the `robust` model is flip-averaged and sees luma only."""
+    import tensorflow as tf
+
+    image = tf.convert_to_tensor(image, tf.float32)
+    image = tf.clip_by_value(reframe(image), 0.0, 1.0)
+    return tf.clip_by_value(degrade(image), 0.0, 1.0), label

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from glasses import calibration
 from glasses.config import MODEL_FILE, WORK_DIR
 from training.cli import UserError
 
@@ -44,7 +45,7 @@ def score_version(tag: str, source: str, *, split: str = "test", work_dir: str |
     """
     from glasses import registry
     from glasses.files import load_keras_model
-    from training.data import read_manifest
+    from training.data import photo_keys, read_manifest
     from training.evaluate import binary_metrics, predict_split
     from training.prepare import prepare
 
@@ -54,13 +55,15 @@ def score_version(tag: str, source: str, *, split: str = "test", work_dir: str |
     meta = stored.info.metadata
     size, threshold = card["preprocessing"]["image_size"], card["threshold"]
     manifest_path = prepare(source, size=size, work_dir=work_dir, progress=False).manifest_path
-    ids = list(read_manifest(manifest_path)["splits"][split]["ids"])
-    seen = photos_seen_in_training(meta, ids)
+    manifest = read_manifest(manifest_path)
+    ids = list(manifest["splits"][split]["ids"])
+    seen = photos_seen_in_training(meta, photo_keys(manifest, split))
     if seen:
         raise UserError(f"{stored.tag} was trained or validated on {seen} of these {len(ids)} {split} photos "
                         f"(its split manifest {meta['split_manifest_path']}): its scores here would be inflated")
     model = load_keras_model(stored.path_of(MODEL_FILE))
-    labels, probs = predict_split(model, manifest_path, split)
+    labels, raw = predict_split(model, manifest_path, split)
+    probs = calibration.apply(raw, card["calibration"])  # as the service answers
     if len(labels) == 0:
         raise UserError(f"the {split} split of {source} is empty")
     verdicts = (probs >= threshold).astype(np.int64)
@@ -69,16 +72,17 @@ def score_version(tag: str, source: str, *, split: str = "test", work_dir: str |
             "metrics": binary_metrics(labels, probs, threshold)}
 
 
-def photos_seen_in_training(meta: dict, ids: list[str]) -> int | None:
-    """How many of `ids` are in the train or val split the version was made with; None if unknown
-    (its split manifest, recorded at registration, is not on this machine)."""
-    from training.data import read_manifest
+def photos_seen_in_training(meta: dict, keys: list[str]) -> int | None:
+    """How many photos (training.data.photo_keys) are in the train or val split the version was made
+    with, of its own source or of a union; None if unknown (its split manifest, recorded at
+    registration, is not on this machine)."""
+    from training.data import photo_keys, read_manifest
 
     path = meta.get("split_manifest_path")
     if not path or not Path(path).is_file():
         return None
-    splits = read_manifest(path)["splits"]
-    return len(set(ids) & (set(splits["train"]["ids"]) | set(splits["val"]["ids"])))
+    trained = read_manifest(path)
+    return len(set(keys) & (set(photo_keys(trained, "train")) | set(photo_keys(trained, "val"))))
 
 
 def compare(tags: list[str], source: str, *, split: str = "test", work_dir: str | Path = WORK_DIR) -> dict:

@@ -42,6 +42,16 @@ def read_manifest(path: str | Path) -> dict:
     return manifest
 
 
+def photo_keys(manifest: dict, split: str) -> list[str]:
+    """One key per photo of a split, "<source>|<id>", the same for a photo whether its manifest is of
+    its own source or of a union of sources (training/union.py prefixes ids with the source index)."""
+    entry = manifest["splits"][split]
+    if "sources" not in manifest:
+        return [f"{manifest['source']}|{i}" for i in entry["ids"]]
+    names = [s["source"] for s in manifest["sources"]]
+    return [f"{names[k]}|{i.split(':', 1)[1]}" for k, i in zip(entry["source_index"], entry["ids"])]
+
+
 def manifest_hash(path: str | Path) -> str:
     """sha256 of the manifest file's bytes (recorded by the registry with each model)."""
     return file_sha256(path)

@@ -15,19 +15,21 @@ functions serve the registry, the experiments table and anyone checking a model 
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
+from glasses.calibration import apply as apply_calibration
 from glasses.config import BATCH_SIZE, CLASS_NAMES, DEFAULT_THRESHOLD, POSITIVE_CLASS
 from glasses.files import check_keras_file, file_sha256, load_keras_model
+from glasses.preprocessing import rescale
+from training.calibrate import DIAGRAM_FILE, calibration_report, plot_reliability
 from training.cli import UserError
+from training.robustness import robustness
+from training.rundir import RunDir
 
 EPSILON = 1e-7  # Keras' clipping for binary cross-entropy
-REPORT_FILE = "evaluation.json"
-CURVES_FILE = "learning_curves.png"
 
 
 # --- metrics ------------------------------------------------------------------------------------
@@ -156,43 +158,36 @@ def evaluate(
     model,
     manifest_path: str | Path,
     *,
-    threshold: str | float = "0.5",
+    threshold: str | float = DEFAULT_THRESHOLD,
     history: dict[str, list[float]] | None = None,
     out_dir: str | Path | None = None,
     batch_size: int = BATCH_SIZE,
     title: str = "",
+    calibration: str | None = "platt",
+    robust: bool = True,
 ) -> dict:
     """Evaluate `model` (a keras.Model or a .keras path) on the test split; write the report if out_dir.
 
-    threshold: a number, "0.5", or "val_balanced_accuracy" (chosen on the validation split).
-    Returns the report dict (metrics under "metrics", the threshold and how it was chosen under
-    "threshold"); with out_dir, also writes evaluation.json and learning_curves.png there.
-    """
+    threshold: a number (or its text) or "val_balanced_accuracy" (on the calibrated validation split);
+    calibration: "platt" | "temperature" (fitted on validation) | None; robust: also score the
+    conditions of training/robustness.py (robustness.json/.md). Returns the report dict; with out_dir
+    also writes evaluation.json, learning_curves.png and reliability.png there."""
     from training.data import manifest_hash, read_manifest
 
-    model_sha256 = None  # identifies the evaluated file, so `register` can check the report is its own
     model_path = check_keras_file(model) if isinstance(model, (str, Path)) else None
     manifest_path = Path(manifest_path)
     manifest = read_manifest(manifest_path)  # wrong files and values fail here, before TensorFlow loads
-    if str(threshold) != "val_balanced_accuracy":
-        try:
-            threshold = float(threshold)
-        except ValueError:
-            raise UserError(f"threshold must be a number or val_balanced_accuracy, got {threshold!r}") from None
-    if model_path is not None:
-        model_sha256 = file_sha256(model_path)
-        model = load_keras_model(model_path)
+    threshold = parse_threshold(threshold)
+    model_sha256 = file_sha256(model_path) if model_path else None  # `register` checks the report is its own
+    model = load_keras_model(model_path) if model_path else model
     started = time.monotonic()
-    val_true, val_prob = predict_split(model, manifest_path, "val", batch_size)
-    if str(threshold) == "val_balanced_accuracy":
-        value = choose_threshold(val_true, val_prob)
-        method = f"maximises balanced accuracy on the validation split (n={len(val_true)})"
-    else:
-        value = threshold
-        method = "fixed" if value != DEFAULT_THRESHOLD else "fixed at 0.5 (default)"
-    test_true, test_prob = predict_split(model, manifest_path, "test", batch_size)
+    val_true, val_raw = predict_split(model, manifest_path, "val", batch_size)
+    test_true, test_raw = predict_split(model, manifest_path, "test", batch_size)
     if len(test_true) == 0:
         raise UserError(f"the test split of {manifest_path} is empty")
+    fitted, ece = calibration_report(val_true, val_raw, test_true, test_raw, calibration)
+    val_prob, test_prob = apply_calibration(val_raw, fitted), apply_calibration(test_raw, fitted)
+    value, method = resolve_threshold(threshold, val_true, val_prob)
     report = {
         "split": "test",
         "positive_class": POSITIVE_CLASS,
@@ -200,53 +195,87 @@ def evaluate(
         "threshold": {"value": value, "method": method},
         "metrics": binary_metrics(test_true, test_prob, value),
         "validation_metrics": binary_metrics(val_true, val_prob, value) if len(val_true) else None,
+        "calibration": fitted,
+        "ece": ece,
         "manifest_path": str(manifest_path.resolve()),
         "manifest_hash": manifest_hash(manifest_path),
         "data_fingerprint": manifest["fingerprint"],
         "image_size": int(manifest["size"]),
         "params": int(model.count_params()),
         "model_sha256": model_sha256,
-        "seconds": round(time.monotonic() - started, 3),
     }
     if out_dir is not None:
-        write_outputs(Path(out_dir), report, manifest, history or {}, title, test_true, test_prob)
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        report["reliability_diagram"] = str(plot_reliability(test_true, test_raw, test_prob,
+                                                             Path(out_dir) / DIAGRAM_FILE))
+    if robust:
+        report["robustness"] = robustness(served_predictor(model, fitted, batch_size), manifest_path, value,
+                                          out_dir=out_dir)["conditions"]
+    report["seconds"] = round(time.monotonic() - started, 3)
+    if out_dir is not None:
+        write_outputs(RunDir(out_dir), report, manifest, history or {}, title, test_true, test_prob)
     return report
 
 
-def write_outputs(out_dir: Path, report: dict, manifest: dict, history: dict, title: str,
+def write_outputs(out: RunDir, report: dict, manifest: dict, history: dict, title: str,
                   test_true: np.ndarray, test_prob: np.ndarray) -> None:
-    """evaluation.json, learning_curves.png, test_predictions.json and report.html into out_dir."""
+    """evaluation.json, learning_curves.png, test_predictions.json and report.html into the directory."""
     from training.data import load_split
     from training.report import write_run_report
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    curves = plot_learning_curves(history, out_dir / CURVES_FILE, title)
+    out.path.mkdir(parents=True, exist_ok=True)
+    curves = plot_learning_curves(history, out.curves, title)
     report["learning_curves"] = str(curves) if curves else None
-    report["report_path"] = str(out_dir / REPORT_FILE)
+    report["report_path"] = str(out.report)
     images, _ = load_split(report["manifest_path"], "test")
-    html = write_run_report(out_dir, report, title=f"Evaluation report: {title or out_dir.name}", images=images,
+    html = write_run_report(out.path, report, title=f"Evaluation report: {title or out.name}", images=images,
                             files=manifest["splits"]["test"]["files"], y=test_true, p=test_prob, curves=curves)
     report["html_report"] = str(html)
-    (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2))
+    out.write_json(out.report, report)
 
 
-def evaluate_run(run_dir: str | Path, *, threshold: str | float | None = None) -> dict:
+def parse_threshold(threshold: str | float) -> str | float:
+    """"val_balanced_accuracy" or a number; anything else is a UserError (checked before TensorFlow loads)."""
+    if str(threshold) == "val_balanced_accuracy":
+        return "val_balanced_accuracy"
+    try:
+        return float(threshold)
+    except ValueError:
+        raise UserError(f"threshold must be a number or val_balanced_accuracy, got {threshold!r}") from None
+
+
+def resolve_threshold(threshold: str | float, val_true: np.ndarray, val_prob: np.ndarray) -> tuple[float, str]:
+    """(value, how it was chosen): a fixed number, or the best balanced accuracy on validation."""
+    if threshold == "val_balanced_accuracy":
+        return choose_threshold(val_true, val_prob), f"maximises balanced accuracy on the validation split (n={len(val_true)})"
+    return float(threshold), "fixed" if threshold != DEFAULT_THRESHOLD else "fixed at 0.5 (default)"
+
+
+def served_predictor(model, calibration: dict | None, batch_size: int = BATCH_SIZE):
+    """uint8 pixels (N, S, S, 3) -> calibrated P(glasses) (N,), as the service computes it (x / 255,
+    the model, glasses.calibration.apply)."""
+    def predict(pixels: np.ndarray) -> np.ndarray:
+        raw = model.predict(rescale(pixels), batch_size=batch_size, verbose=0).reshape(-1)
+        return apply_calibration(raw.astype(np.float64), calibration)
+
+    return predict
+
+
+def evaluate_run(run_dir: str | Path, *, threshold: str | float | None = None, robust: bool = True) -> dict:
     """Evaluate the model of a `glasses-train tune` run directory with the profile's threshold rule."""
-    from training.tune import read_tune_summary
-
-    run_dir = Path(run_dir)
-    summary = read_tune_summary(run_dir)
-    profile = summary["profile_config"]
-    history_path = run_dir / "history.json"
-    history = json.loads(history_path.read_text()) if history_path.exists() else {}
+    run = RunDir(run_dir)
+    summary = run.read_tune_summary()
+    profile = run.read_profile(summary)
     return evaluate(
-        run_dir / "model.keras",
+        run.model,
         summary["manifest_path"],
-        threshold=profile.get("threshold", "0.5") if threshold is None else threshold,
-        history=history,
-        out_dir=run_dir,
-        batch_size=profile.get("batch_size", BATCH_SIZE),
-        title=f"{profile['name']} profile, objective {profile['objective']}",
+        threshold=profile.threshold if threshold is None else threshold,
+        history=run.read_history(),
+        out_dir=run.path,
+        batch_size=profile.batch_size,
+        title=f"{profile.name} profile, objective {profile.objective}",
+        calibration=profile.calibration,
+        robust=robust,
     )
 
 
@@ -274,19 +303,27 @@ def add_cli(subparsers) -> None:
     p.add_argument("--out", type=Path, help="report directory (with --model; default: beside the model)")
     p.add_argument("--threshold", default=None,
                    help="a number, 0.5 or val_balanced_accuracy (default: the run's profile, else 0.5)")
+    p.add_argument("--no-robustness", action="store_true", help="skip the framings and conditions report")
     p.set_defaults(func=_cli)
 
 
 def _cli(args) -> int:
     if args.run_dir:
-        report = evaluate_run(args.run_dir, threshold=args.threshold)
+        report = evaluate_run(args.run_dir, threshold=args.threshold, robust=not args.no_robustness)
     elif args.model and args.manifest:
-        report = evaluate(args.model, args.manifest, threshold=args.threshold or "0.5",
-                          out_dir=args.out or args.model.parent)
+        report = evaluate(args.model, args.manifest, threshold=args.threshold or DEFAULT_THRESHOLD,
+                          out_dir=args.out or args.model.parent, robust=not args.no_robustness)
     else:
         raise UserError("give --run-dir, or --model and --manifest")
     print(f"test: {format_metrics(report['metrics'])}")
     print(f"threshold: {report['threshold']['value']:.4f} ({report['threshold']['method']})")
     print(f"report: {report.get('report_path')}")
     print(f"learning curves: {report.get('learning_curves')}")
+    ece = report["ece"]
+    print(f"calibration: {(report['calibration'] or {}).get('method', 'none')}; test ECE {ece['test']:.4f} "
+          f"(raw {ece['test_raw']:.4f}); reliability diagram: {report.get('reliability_diagram')}")
+    if report.get("robustness"):
+        from training.robustness import markdown_table
+
+        print(markdown_table({"threshold": report["threshold"]["value"], "conditions": report["robustness"]}))
     return 0

@@ -20,7 +20,8 @@ import json
 import time
 from pathlib import Path
 
-from glasses.config import PAPER_RESULTS, TUNING_PROFILES, WORK_DIR
+from glasses.config import DEFAULT_THRESHOLD, PAPER_RESULTS, TUNING_PROFILES, WORK_DIR
+from glasses.files import write_json_atomic
 from training.cli import UserError
 
 LADDER_LABELS = {
@@ -84,10 +85,11 @@ def experiments(
     from training.data import manifest_hash
     from training.prepare import prepare
     from training.train import fit_ladder_model
-    from training.tune import get_profile, new_run_dir, tune
+    from training.rundir import RunDir
+    from training.tune import get_profile, tune
 
     config = get_profile(profile)
-    epochs = epochs or config["max_epochs"]
+    epochs = epochs or config.max_epochs
     work_dir = Path(work_dir)
     names = ladder or tuple(models.LADDER)
     unknown = [n for n in names if n not in models.LADDER]
@@ -96,7 +98,7 @@ def experiments(
     out_dir = Path(out_dir) if out_dir else work_dir / "experiments" / f"{time.strftime('%Y%m%d-%H%M%S')}-{profile}"
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    data = prepare(source, size=size or config["image_size"], work_dir=work_dir)
+    data = prepare(source, size=size or config.image_size, work_dir=work_dir)
     manifest = data.manifest_path
     tuned_row = tuned_run_row(tuned_run, manifest) if tuned_run else None  # fail before hours of fitting
     this_manifest = manifest_hash(manifest)
@@ -109,21 +111,21 @@ def experiments(
             rows.append(done)
             continue
         print(f"== {name} ({epochs} epochs)", flush=True)
-        model, history, seconds = fit_ladder_model(name, manifest, epochs=epochs, batch_size=config["batch_size"],
-                                                   seed=config["seed"])
-        report = evaluate(model, manifest, threshold="0.5", history=history, out_dir=out_dir / name,
-                          batch_size=config["batch_size"], title=LADDER_LABELS[name])
+        model, history, seconds = fit_ladder_model(name, manifest, epochs=epochs, batch_size=config.batch_size,
+                                                   seed=config.seed)
+        report = evaluate(model, manifest, threshold=DEFAULT_THRESHOLD, history=history, out_dir=out_dir / name,
+                          batch_size=config.batch_size, title=LADDER_LABELS[name])
         print(f"   {format_metrics(report['metrics'])}", flush=True)
         rows.append({"name": name, "params": report["params"], "epochs": len(history.get("loss", [])),
                      "seconds": seconds, "metrics": report["metrics"], "report": report.get("report_path"),
                      "manifest_hash": report["manifest_hash"], "epochs_asked": epochs})
-        row_file.write_text(json.dumps(rows[-1], indent=2))
+        write_json_atomic(row_file, rows[-1], indent=2)
 
     if not hyperband:
         tuned_row = None
     elif tuned_run is None:
         print(f"== hyperband (profile {profile})", flush=True)
-        result = tune(manifest, config, fresh=fresh, work_dir=work_dir, run_dir=new_run_dir(work_dir, profile))
+        result = tune(manifest, config, fresh=fresh, work_dir=work_dir, run_dir=RunDir.new(work_dir, profile).path)
         if result.role == "worker":
             raise UserError("experiments cannot run as a distributed-search worker; unset KERASTUNER_* variables")
         print(f"   {format_metrics(evaluate_run(result.run_dir)['metrics'])}", flush=True)
@@ -134,8 +136,8 @@ def experiments(
         rows.append(tuned_row)
     table = results_table(rows, source=source, counts=data.counts, profile=profile)
     (out_dir / "results.md").write_text(table)
-    (out_dir / "results.json").write_text(json.dumps({"source": source, "profile": profile, "epochs": epochs,
-                                                       "manifest": str(manifest), "rows": rows}, indent=2))
+    write_json_atomic(out_dir / "results.json", {"source": source, "profile": profile, "epochs": epochs,
+                                                 "manifest": str(manifest), "rows": rows}, indent=2)
     print(table)
     print(f"results: {out_dir / 'results.md'}")
     return out_dir / "results.md"
@@ -144,18 +146,17 @@ def experiments(
 def tuned_run_row(run_dir: str | Path, manifest: Path) -> dict:
     """The Hyperband row from a finished, evaluated run directory tuned on the same split manifest."""
     from training.data import manifest_hash
-    from training.evaluate import REPORT_FILE
-    from training.tune import read_tune_summary
+    from training.rundir import RunDir
 
-    run_dir = Path(run_dir)
-    summary = read_tune_summary(run_dir)
-    report_path = run_dir / REPORT_FILE
+    run = RunDir(run_dir)
+    summary = run.read_tune_summary()
+    report_path = run.report
     if not report_path.exists():
         raise UserError(f"{report_path} does not exist; evaluate the run first (glasses-train evaluate --run-dir)")
     if summary["manifest_hash"] != manifest_hash(manifest):
         raise UserError(f"{run_dir} was tuned on another split manifest than {manifest}")
     report = json.loads(report_path.read_text())
-    history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").exists() else {}
+    history = run.read_history()
     return {"name": "hyperband", "params": report["params"], "epochs": len(history.get("loss", [])),
             "seconds": summary.get("trials_time_total_s", 0.0) + summary.get("final_fit_wall_time_s", 0.0),
             "metrics": report["metrics"], "report": str(report_path),

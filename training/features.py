@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from glasses.config import MODEL_FILE
 from glasses.files import UserError
 
 FEATURE_BATCH = 128
@@ -37,10 +38,10 @@ def load_classifier(model: str | Path):
                     tar.extract("./model.keras", tmp, filter="data")
             except (tarfile.TarError, KeyError, OSError) as exc:
                 raise UserError(f"{path} is not a readable .bentomodel archive with model.keras: {exc}") from None
-            return keras.saving.load_model(Path(tmp) / "model.keras", compile=False)
+            return keras.saving.load_model(Path(tmp) / MODEL_FILE, compile=False)
     from glasses import registry
 
-    return keras.saving.load_model(registry.get_model(str(model)).path_of("model.keras"), compile=False)
+    return keras.saving.load_model(registry.get_model(str(model)).path_of(MODEL_FILE), compile=False)
 
 
 def _penultimate(model):

@@ -159,8 +159,8 @@ def lr_decay_callback() -> keras.callbacks.Callback:
     return keras.callbacks.LearningRateScheduler(lr_decay)
 
 
-def build_paper_hypermodel(hp, size: int = IMAGE_SIZE) -> keras.Model:
-    """The paper's Hyperband search space (hp: keras_tuner.HyperParameters)."""
+def build_paper_hypermodel(hp, size: int = IMAGE_SIZE, train_steps: int | None = None) -> keras.Model:
+    """The paper's Hyperband search space (hp: keras_tuner.HyperParameters); constant learning rates."""
     inputs = _input(size)
     x = inputs
     for i in range(hp.Int("conv_layers", 2, 4)):
@@ -174,7 +174,6 @@ def build_paper_hypermodel(hp, size: int = IMAGE_SIZE) -> keras.Model:
 
 
 LUMA_WEIGHTS = (0.2989, 0.5870, 0.1140)  # ITU-R 601 luma, as PIL's convert("L") and tf.image.rgb_to_grayscale
-CELEBA_LR_DECAY_STEPS = 850  # 16 epochs of the CelebA train split (3,360 photos = 53 batches of 64)
 
 
 def _paper_best_trunk(h, units: int):
@@ -200,46 +199,80 @@ def _gap_trunk(h, width: float):
     return layers.GlobalAveragePooling2D()(h)
 
 
-def build_celeba_hypermodel(hp, size: int = IMAGE_SIZE) -> keras.Model:
-    """Issue 7's model for real photos: the paper's best layers, made robust by construction.
+def build_celeba_hypermodel(hp, size: int = IMAGE_SIZE, train_steps: int | None = None) -> keras.Model:
+    """The model for real photos: the paper's best layers, made robust by construction.
 
     luma (a frozen 1x1 conv with LUMA_WEIGHTS, so a grayscale upload gives the same input as the
     colour photo) -> trunk -> Dense(1, sigmoid), where the trunk sees the image and its mirror image
     (shared weights) and the two probabilities are averaged, so a horizontally flipped upload gets
     exactly the same answer (and every prediction is a two-view ensemble). Trunk "gap" (`_gap_trunk`,
     884,500 parameters), or "paper_best" (`_paper_best_trunk`, Dense(96): 1,104,416 parameters; the
-    runner-up in the experiments). Adam(2e-3) with cosine decay over CELEBA_LR_DECAY_STEPS to 2 %.
+    runner-up in the experiments). Adam(2e-3) with cosine decay to 2 % over the whole fit (`train_steps`).
 
     Every value is Fixed: the recipe was chosen by the experiments in models/README.md, and the
     `celeba` profile spends its 2-core budget on one long fit instead of a search.
     """
+    return _luma_flip_model(
+        size, luma=hp.Fixed("input", "luma") == "luma", trunk=hp.Fixed("trunk", "gap"), width=hp.Fixed("width", 1.0),
+        units=hp.Fixed("units", 96) if hp.values.get("trunk") == "paper_best" else 96, standardize=False,
+        learning_rate=hp.Fixed("learning_rate", 2e-3),
+        decay_steps=_decay_steps(hp, train_steps), name="celeba")
+
+
+def _decay_steps(hp, train_steps: int | None) -> int:
+    """Cosine-decay length: the fit's optimizer steps (epochs x batches of the train split, from the
+    data), or the value a stored set of hyperparameters already holds."""
+    steps = train_steps if train_steps is not None else hp.values.get("decay_steps")
+    if steps is None:
+        raise ValueError("this search space needs train_steps (optimizer steps of the fit) for its schedule")
+    return hp.Fixed("decay_steps", int(steps))
+
+
+def standardize_per_image(x):
+    """(x - mean) / (std + 0.02) over each image: a darker or brighter exposure of a photo (a gain on
+    its pixels) gives the network (almost) the same input; only clipped highlights still differ."""
+    mean = ops.mean(x, axis=(1, 2, 3), keepdims=True)
+    std = ops.sqrt(ops.mean(ops.square(x - mean), axis=(1, 2, 3), keepdims=True))
+    return (x - mean) / (std + 0.02)
+
+
+def _luma_flip_model(size: int, *, luma: bool, trunk: str, width: float, units: int, standardize: bool,
+                     learning_rate: float, decay_steps: int, name: str) -> keras.Model:
+    """[luma] -> [per-image standardisation] -> mean(trunk(x), trunk(mirror(x))), compiled (cosine Adam)."""
     inputs = _input(size)
     channels = 3
     x = inputs
-    if hp.Fixed("input", "luma") == "luma":
+    if luma:
         x = layers.Conv2D(1, 1, use_bias=False, trainable=False, name="luma",
                           kernel_initializer=keras.initializers.Constant([[[[w] for w in LUMA_WEIGHTS]]]))(x)
         channels = 1
+    if standardize:
+        x = standardize_per_image(x)
     trunk_in = keras.Input(shape=(size, size, channels), name="trunk_in")
-    if hp.Fixed("trunk", "gap") == "gap":
-        h = _gap_trunk(trunk_in, hp.Fixed("width", 1.0))
-    else:
-        h = _paper_best_trunk(trunk_in, hp.Fixed("units", 96))
-    trunk = keras.Model(trunk_in, layers.Dense(1, activation="sigmoid", dtype="float32")(h), name="trunk")
-    outputs = layers.Average(name="flip_average", dtype="float32")([trunk(x), trunk(ops.flip(x, axis=2))])
-    model = keras.Model(inputs, outputs, name="celeba")
-    schedule = keras.optimizers.schedules.CosineDecay(
-        hp.Fixed("learning_rate", 2e-3), decay_steps=hp.Fixed("decay_steps", CELEBA_LR_DECAY_STEPS), alpha=0.02
-    )
+    h = _gap_trunk(trunk_in, width) if trunk == "gap" else _paper_best_trunk(trunk_in, units)
+    trunk_model = keras.Model(trunk_in, layers.Dense(1, activation="sigmoid", dtype="float32")(h), name="trunk")
+    outputs = layers.Average(name="flip_average", dtype="float32")([trunk_model(x), trunk_model(ops.flip(x, axis=2))])
+    model = keras.Model(inputs, outputs, name=name)
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=decay_steps, alpha=0.02)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=schedule), loss="binary_crossentropy",
                   metrics=training_metrics(), **compile_options())
     return model
+
+
+def build_robust_hypermodel(hp, size: int = IMAGE_SIZE, train_steps: int | None = None) -> keras.Model:
+    """The `robust` profile's model: the celeba model (luma, GAP trunk, flip average) with per-image
+    standardisation after the luma layer, the cosine schedule spanning the whole fit (every value Fixed; the recipe and the measurements behind it: models/README.md)."""
+    return _luma_flip_model(
+        size, luma=True, trunk="gap", width=hp.Fixed("width", 0.5), units=96,
+        standardize=hp.Fixed("standardize", True), learning_rate=hp.Fixed("learning_rate", 2e-3),
+        decay_steps=_decay_steps(hp, train_steps), name="robust")
 
 
 # Search spaces a tuning profile can name with `search_space`; add new hypermodels here.
 SEARCH_SPACES: dict[str, Callable] = {
     "paper": build_paper_hypermodel,
     "celeba": build_celeba_hypermodel,
+    "robust": build_robust_hypermodel,
 }
 
 # The ladder, in the paper's order: name -> (builder, uses LR decay).
@@ -252,15 +285,16 @@ LADDER: dict[str, tuple[Callable[[int], keras.Model], bool]] = {
 }
 
 
-def hypermodel_for(search_space: str, size: int = IMAGE_SIZE) -> Callable:
-    """The `build(hp)` function for a named search space at a given image size."""
+def hypermodel_for(search_space: str, size: int = IMAGE_SIZE, train_steps: int | None = None) -> Callable:
+    """The `build(hp)` function for a named search space at a given image size; `train_steps` (optimizer
+    steps of the whole fit) sizes learning-rate schedules."""
     try:
         builder = SEARCH_SPACES[search_space]
     except KeyError:
         raise ValueError(f"unknown search space {search_space!r}; known: {', '.join(SEARCH_SPACES)}") from None
 
     def build(hp):
-        return builder(hp, size=size)
+        return builder(hp, size=size, train_steps=train_steps)
 
     return build
 

@@ -1,11 +1,11 @@
 """Register: a tuned + evaluated run -> a `glasses_classifier` version in the BentoML model store.
 
-    run directory (model.keras, tune.json, evaluation.json)
+    run directory (training/rundir.py: model, tune.json, evaluation.json)
       -> quality gate: the candidate's gate metric (profile: gate_metric, gate_floor) must reach the
          floor and must not be below the promoted model's on the *same* test manifest (same hash);
          `force` overrides, is recorded in the labels, and the forced version is not promoted
          (serving it takes an explicit `registry promote`)
-      -> the report must be the run's own: made from this model.keras (sha256) on the manifest it
+      -> the report must be the run's own: made from this model file (sha256) on the manifest it
          was tuned on (a re-tuned run with an old evaluation.json is refused)
       -> LiteRT conversion (training/convert.py), checked against Keras on the test photos: model.tflite
          beside model.keras when max |dp| <= 1e-5, else refused in one line (the version serves on TF)
@@ -25,11 +25,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from glasses.config import CLASS_MAP, CLASS_NAMES, POSITIVE_CLASS, REPO_ROOT
+from glasses.config import CLASS_MAP, CLASS_NAMES, POSITIVE_CLASS, REPO_ROOT, TuningProfile
 from glasses.preprocessing import PREPROCESSING_VERSION
 from training import acceleration
 from training.cli import UserError
 from training.exclusions import manifest_exclusions
+from training.rundir import RunDir
 
 
 @dataclass
@@ -136,31 +137,35 @@ def check_gate(metrics: dict, manifest_hash: str, *, metric: str, floor: float) 
 # --- registration -------------------------------------------------------------------------------
 
 
-def build_metadata(summary: dict, report: dict, *, gate: GateDecision, forced: bool) -> dict:
+def build_metadata(summary: dict, report: dict, profile: TuningProfile, *, gate: GateDecision, forced: bool) -> dict:
     """Everything the registry records about a model (lineage, metrics, settings, environment)."""
-    profile = summary["profile_config"]
     metrics = dict(report["metrics"])
     return _clean({
         "metrics": metrics,
         "validation_metrics": report.get("validation_metrics"),
         "threshold": report["threshold"]["value"],
         "threshold_method": report["threshold"]["method"],
-        "profile": profile["name"],
-        "objective": profile["objective"],
+        "calibration": report.get("calibration"),
+        "ece": report.get("ece"),
+        "robustness": _robustness_summary(report.get("robustness")),
+        "profile": profile.name,
+        "objective": profile.objective,
         "hyperparameters": summary.get("best_hyperparameters"),
         "params": summary.get("params"),
         "tuner": {
-            "profile": profile["name"],
-            "objective": profile["objective"],
+            "profile": profile.name,
+            "objective": profile.objective,
             "best_trial_id": summary.get("best_trial_id"),
             "best_score": summary.get("best_score"),
             "trials": len(summary.get("trials", [])),
             "trial_wall_times_s": {t["trial_id"]: t.get("wall_time_s") for t in summary.get("trials", [])},
             "trials_time_total_s": summary.get("trials_time_total_s"),
             "resumed": summary.get("resumed"),
-            "settings": {k: "none" if v is None else v for k, v in profile.items() if k not in ("name", "description")},
+            "settings": {k: "none" if v is None else v for k, v in profile.as_dict().items()
+                         if k not in ("name", "description")},
         },
         "data_source": summary.get("data_source"),
+        "data_sources": summary.get("data_sources") or [summary.get("data_source")],
         "data_fingerprint": summary["data_fingerprint"],
         "split_manifest_hash": report["manifest_hash"],
         "split_manifest_path": report["manifest_path"],
@@ -182,55 +187,69 @@ def build_metadata(summary: dict, report: dict, *, gate: GateDecision, forced: b
     })
 
 
+def _robustness_summary(conditions: dict | None) -> dict | None:
+    """ROC-AUC and recall per robustness condition (the full report stays in the run directory)."""
+    if not conditions:
+        return None
+    return {name: {k: row["all"][k] for k in ("roc_auc", "recall", "photos", "glasses_photos")}
+            for name, row in conditions.items()}
+
+
 def register(run_dir: str | Path, *, force: bool = False, promote: bool = True) -> RegisterResult:
     """Gate, register (and promote) the model of a tuned + evaluated run directory.
 
     Raises UserError (one line) when the gate refuses and force is False; nothing is registered then.
     """
     from glasses import registry
-    from glasses.files import file_sha256, load_keras_model
+    from glasses.files import load_keras_model
     from training import convert
-    from training.evaluate import REPORT_FILE
     from training.report import PREDICTIONS_FILE, REPORT_HTML
-    from training.tune import read_tune_summary
 
-    run_dir = Path(run_dir)
-    summary = read_tune_summary(run_dir)
-    report_path = run_dir / REPORT_FILE
-    evaluate_again = f"run `glasses-train evaluate --run-dir {run_dir}`"
-    if not report_path.exists():
-        raise UserError(f"{report_path} does not exist; {evaluate_again} first")
-    report = json.loads(report_path.read_text())
-    if report.get("model_sha256") != file_sha256(run_dir / "model.keras"):
-        raise UserError(f"{report_path} was not made from {run_dir / 'model.keras'}; {evaluate_again}")
-    if report.get("manifest_hash") != summary["manifest_hash"]:
-        raise UserError(f"{report_path} scores another split manifest than the run was tuned on; {evaluate_again}")
-    profile = summary["profile_config"]
-    gate = check_gate(report["metrics"], report["manifest_hash"], metric=profile["gate_metric"],
-                      floor=float(profile["gate_floor"]))
+    run = RunDir(run_dir)
+    summary, profile, report = _run_and_report(run)
+    gate = check_gate(report["metrics"], report["manifest_hash"], metric=profile.gate_metric,
+                      floor=profile.gate_floor)
     if not gate.passed and not force:
         raise UserError(f"quality gate refused the model: {gate.reason} (use --force to register anyway)")
-    model = load_keras_model(run_dir / "model.keras")
-    metadata = build_metadata(summary, report, gate=gate, forced=force and not gate.passed)
+    model = load_keras_model(run.model)
+    metadata = build_metadata(summary, report, profile, gate=gate, forced=force and not gate.passed)
     photos = convert.test_pixels(report["manifest_path"])
     conversion = convert.convert_checked(model, convert.check_images(photos, int(report["image_size"])))
     metadata["litert"] = conversion.metadata()
     labels = {
-        "profile": profile["name"],
-        "objective": profile["objective"],
+        "profile": profile.name,
+        "objective": profile.objective,
         "gate": "passed" if gate.passed else "forced",
         "forced": str(bool(force and not gate.passed)).lower(),
         "data": summary["data_fingerprint"][:12],
-        "run": run_dir.name,
+        "run": run.name,
     }
-    kept = {name: run_dir / name for name in (REPORT_HTML, PREDICTIONS_FILE) if (run_dir / name).exists()}
+    kept = {name: run.path / name for name in (REPORT_HTML, PREDICTIONS_FILE) if (run.path / name).exists()}
     tag = registry.save_version(model, metadata=metadata, labels=labels, litert=conversion.tflite, files=kept)
-    (run_dir / "registered.json").write_text(json.dumps({"tag": tag, "gate": gate.as_dict()}, indent=2))
+    run.write_json(run.registered, {"tag": tag, "gate": gate.as_dict()})
     forced = force and not gate.passed
     if promote and not forced:
         registry.promote(tag)
     return RegisterResult(tag=tag, promoted=promote and not forced, forced=forced, gate=gate,
                           litert=conversion.reason, litert_accepted=conversion.accepted)
+
+
+def _run_and_report(run: RunDir) -> tuple[dict, TuningProfile, dict]:
+    """(tune.json, profile, evaluation.json) of a run, refused unless the report is this model's own,
+    made on the manifest the run was tuned on."""
+    from glasses.files import file_sha256
+
+    summary = run.read_tune_summary()
+    profile = run.read_profile(summary)
+    evaluate_again = f"run `glasses-train evaluate --run-dir {run.path}`"
+    if not run.report.exists():
+        raise UserError(f"{run.report} does not exist; {evaluate_again} first")
+    report = json.loads(run.report.read_text())
+    if report.get("model_sha256") != file_sha256(run.model):
+        raise UserError(f"{run.report} was not made from {run.model}; {evaluate_again}")
+    if report.get("manifest_hash") != summary["manifest_hash"]:
+        raise UserError(f"{run.report} scores another split manifest than the run was tuned on; {evaluate_again}")
+    return summary, profile, report
 
 
 # --- CLI ----------------------------------------------------------------------------------------

@@ -21,11 +21,8 @@ def run(
     profile: str = "paper",
     *,
     size: int | None = None,
-    fresh: bool = False,
-    force: bool = False,
-    promote: bool = True,
-    work_dir: str | Path = WORK_DIR,
-    scheduler: str | None = None,
+    fresh: bool = False, force: bool = False, promote: bool = True,
+    work_dir: str | Path = WORK_DIR, scheduler: str | None = None,
 ) -> dict:
     """prepare -> tune -> evaluate -> register; returns {stage: artefact} (paths, tag, metrics)."""
     from glasses import registry
@@ -36,10 +33,9 @@ def run(
 
     work_dir = Path(work_dir)
     config = get_profile(profile)
-    size = size or config["image_size"]
+    size = size or config.image_size
     started = time.monotonic()
     out: dict = {"profile": profile}
-
     sources = [source] if isinstance(source, str) else list(source)
     print(f"== prepare {' + '.join(sources)} ({size}px)", flush=True)
     data = prepare_sources(sources, size=size, scheduler=scheduler, work_dir=work_dir)

@@ -6,11 +6,12 @@
       -> keras_tuner.Hyperband(objective, max_epochs, factor, seed) in
          WORK_DIR/tuning/<profile>-<fingerprint[:12]>/ (overwrite off: an interrupted search resumes;
          `fresh=True` starts over), EarlyStopping(objective, patience) in every trial,
-         wall time per trial recorded in <trial dir>/glasses_trial.json
+         wall time per trial recorded in its trial directory (training/trials.py)
       -> every trial's status checked: any failed trial (or none completed) is an error
       -> final model: the best trial's checkpoint (final_epochs 0) or the best hyperparameters
          retrained from scratch (final_epochs N, EarlyStopping, best weights restored)
-      -> run directory WORK_DIR/runs/<timestamp>-<profile>-<id>/: model.keras, history.json, tune.json
+      -> run directory WORK_DIR/runs/<timestamp>-<profile>-<id>/ (training/rundir.py): the model,
+         its history and tune.json
 
 Distributed search (Keras Tuner's own protocol, gRPC): start the same command on every machine with
 KERASTUNER_TUNER_ID ("chief" on one, "tuner0", "tuner1", ... on the others), KERASTUNER_ORACLE_IP and
@@ -22,33 +23,29 @@ directory (the trials' checkpoints live there).
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib
 import json
+import math
 import os
+import shutil
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-from glasses.config import (
-    IMBALANCE_WARNING_BELOW,
-    RUNS_SUBDIR,
-    TUNING_PROFILES,
-    TUNING_SUBDIR,
-    WORK_DIR,
-)
+from glasses.config import IMBALANCE_WARNING_BELOW, TUNING_PROFILES, TUNING_SUBDIR, WORK_DIR, TuningProfile
 from glasses.files import write_json_atomic
-from training import acceleration
+from training import acceleration, keras_tuner_compat
 from training.cli import UserError
 from training.fitting import class_weights, fit_verbosity, history_lists, resolve_augment
+from training.rundir import RunDir
+from training.trials import active_hyperparameters, check_trials, make_tuner_class, stitched_history, trial_summaries
 
-OBJECTIVES = ("val_accuracy", "val_auc", "val_balanced_accuracy")
-THRESHOLD_METHODS = ("0.5", "val_balanced_accuracy")
-TRIAL_FILE = "glasses_trial.json"  # wall time, tuner id, seconds per epoch, precision
-TENSORBOARD_SUBDIR = "tensorboard"  # <project>/tensorboard/<trial id>/execution0: scalars + HParams
-HISTORY_FILE = "glasses_history.json"
 CONFIG_FILE = "glasses_tune_config.json"
+TENSORBOARD_SUBDIR = "tensorboard"  # <project>/tensorboard/<trial id>/execution0: scalars + HParams
+# The settings that define a search: resuming with any of them changed is refused.
+SEARCH_KEYS = ("search_space", "objective", "max_epochs", "factor", "hyperband_iterations", "seed",
+               "patience", "class_weight", "augment", "image_size", "batch_size")
 
 
 @dataclass
@@ -73,23 +70,15 @@ class TuneResult:
     final_fit_epoch_times_s: list[float] = field(default_factory=list)  # wall seconds per refit epoch
 
 
-# --- profiles -----------------------------------------------------------------------------------
-
-
-def get_profile(name: str, **overrides) -> dict:
-    """A copy of a tuning profile from glasses.config.TUNING_PROFILES, validated, with overrides."""
+# --- profiles, roles, checks -------------------------------------------------------------------
+def get_profile(name: str, **overrides: Any) -> TuningProfile:
+    """A tuning profile from glasses.config.TUNING_PROFILES with overrides (None ignored), validated."""
     if name not in TUNING_PROFILES:
         raise UserError(f"unknown profile {name!r}; known: {', '.join(TUNING_PROFILES)}")
-    profile = copy.deepcopy(TUNING_PROFILES[name])
-    profile.update({k: v for k, v in overrides.items() if v is not None})
-    profile["name"] = name
-    if profile["objective"] not in OBJECTIVES:
-        raise UserError(f"profile {name!r}: objective must be one of {', '.join(OBJECTIVES)}")
-    if str(profile["threshold"]) not in THRESHOLD_METHODS:
-        raise UserError(f"profile {name!r}: threshold must be one of {', '.join(THRESHOLD_METHODS)}")
-    if profile.get("class_weight") not in (None, "balanced"):
-        raise UserError(f"profile {name!r}: class_weight must be None or 'balanced'")
-    return profile
+    try:
+        return TUNING_PROFILES[name].replace(**overrides)
+    except (TypeError, ValueError) as exc:
+        raise UserError(str(exc)) from None
 
 
 def imbalance_warning(manifest_path: Path, objective: str) -> str | None:
@@ -108,9 +97,6 @@ def imbalance_warning(manifest_path: Path, objective: str) -> str | None:
     return None
 
 
-# --- distribution -------------------------------------------------------------------------------
-
-
 def distributed_role() -> str:
     """'local', or 'chief' / 'worker' of a Keras Tuner distributed search (from KERASTUNER_* env)."""
     if "KERASTUNER_ORACLE_IP" not in os.environ:
@@ -119,9 +105,6 @@ def distributed_role() -> str:
     if missing:
         raise UserError(f"KERASTUNER_ORACLE_IP is set but {' and '.join(missing)} is not")
     return "chief" if "chief" in os.environ["KERASTUNER_TUNER_ID"] else "worker"
-
-
-# --- checks -------------------------------------------------------------------------------------
 
 
 def check_tensorboard() -> None:
@@ -135,104 +118,6 @@ def check_tensorboard() -> None:
         ) from None
 
 
-def trial_summaries(tuner) -> list[dict]:
-    """One dict per trial: id, status, score, epochs, hyperparameters, wall time, error."""
-    out = []
-    for trial_id, trial in sorted(tuner.oracle.trials.items()):
-        values = dict(trial.hyperparameters.values)
-        record = {
-            "trial_id": trial_id,
-            "status": trial.status,
-            "score": None if trial.score is None else float(trial.score),
-            "best_step": trial.best_step,
-            "epochs": values.get("tuner/epochs"),
-            "initial_epoch": values.get("tuner/initial_epoch"),
-            "parent": values.get("tuner/trial_id"),
-            "hyperparameters": active_hyperparameters(values),
-            "error": (trial.message or "").strip().splitlines()[-1] if trial.message else None,
-        }
-        timing = Path(tuner.get_trial_dir(trial_id)) / TRIAL_FILE
-        if timing.exists():
-            record.update(json.loads(timing.read_text()))
-        out.append(record)
-    return out
-
-
-def active_hyperparameters(values: dict) -> dict:
-    """Hyperparameter values without keras-tuner's bookkeeping and without layers beyond conv_layers."""
-    n = values.get("conv_layers")
-    out = {}
-    for name, value in values.items():
-        if name.startswith("tuner/"):
-            continue
-        head, _, index = name.rpartition("_")
-        if n is not None and index.isdigit() and head in ("filters", "kernel_size", "pooling") and int(index) >= n:
-            continue
-        out[name] = value
-    return out
-
-
-def check_trials(trials: list[dict]) -> None:
-    """Raise UserError if any trial failed or none completed (keras-tuner itself returns normally)."""
-    failed = [t for t in trials if t["status"] in ("FAILED", "INVALID")]
-    completed = [t for t in trials if t["status"] == "COMPLETED"]
-    if failed:
-        first = failed[0]
-        raise UserError(
-            f"{len(failed)} of {len(trials)} trials failed (trial {first['trial_id']}: {first['error']})"
-        )
-    if not completed:
-        raise UserError(f"no trial completed ({len(trials)} trials: {sorted({t['status'] for t in trials})})")
-
-
-# --- the tuner ----------------------------------------------------------------------------------
-
-
-def _make_tuner_class():
-    import keras_tuner as kt
-
-    class GlassesHyperband(kt.Hyperband):
-        """Hyperband that records each trial's wall time, epoch times and worker in its trial directory."""
-
-        epoch_timer = None  # an acceleration.epoch_timer() passed in the search callbacks
-        precision = "float32"
-
-        def on_trial_begin(self, trial):
-            self._trial_started = time.monotonic()
-            super().on_trial_begin(trial)
-
-        def run_trial(self, trial, *args, **kwargs):
-            histories = super().run_trial(trial, *args, **kwargs)
-            history = histories[-1]  # one execution per trial
-            record = {"epochs": [int(e) for e in history.epoch],
-                      "history": {k: [float(v) for v in vals] for k, vals in history.history.items()}}
-            write_json_atomic(Path(self.get_trial_dir(trial.trial_id)) / HISTORY_FILE, record)
-            return histories
-
-        def on_trial_end(self, trial):
-            wall = time.monotonic() - getattr(self, "_trial_started", time.monotonic())
-            record = {"wall_time_s": round(wall, 3), "tuner_id": self.tuner_id, "precision": self.precision,
-                      "epoch_times_s": list(self.epoch_timer.epoch_times) if self.epoch_timer else []}
-            path = Path(self.get_trial_dir(trial.trial_id)) / TRIAL_FILE
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(path, record)
-            super().on_trial_end(trial)
-            status = "COMPLETED" if trial.status == "COMPLETED" else f"FAILED ({trial.status})"
-            print(f"[tune] trial {trial.trial_id} {status} in {wall:.1f}s on {self.tuner_id}", flush=True)
-
-    return GlassesHyperband
-
-
-def _keras_tuner_saves_atomically() -> None:
-    """keras-tuner 1.4.8 truncates and rewrites its state (oracle.json, trial.json, ...) in place, so a
-    search killed mid-write kept an empty oracle.json and could never resume (a CI run hit it).
-    Route its one writer, keras_tuner.src.utils.save_json, through write_json_atomic."""
-    from keras_tuner.src import utils as kt_utils
-
-    if kt_utils.save_json is not write_json_atomic:
-        kt_utils.save_json = write_json_atomic
-
-
 def _check_saved_state(project_dir: Path) -> None:
     """One line instead of a JSONDecodeError deep inside keras-tuner when a saved search state is damaged."""
     for path in sorted([*project_dir.glob("*.json"), *project_dir.glob("trial_*/*.json")]):
@@ -243,8 +128,8 @@ def _check_saved_state(project_dir: Path) -> None:
                             "before this was atomic); rerun with --fresh to start over") from None
 
 
-def _project_dir(work_dir: Path, profile: dict, fingerprint: str) -> Path:
-    return Path(work_dir) / TUNING_SUBDIR / f"{profile['name']}-{fingerprint[:12]}"
+def _project_dir(work_dir: str | Path, profile: TuningProfile, fingerprint: str) -> Path:
+    return Path(work_dir) / TUNING_SUBDIR / f"{profile.name}-{fingerprint[:12]}"
 
 
 def _check_or_write_config(project_dir: Path, config: dict, fresh: bool) -> None:
@@ -263,40 +148,10 @@ def _check_or_write_config(project_dir: Path, config: dict, fresh: bool) -> None
     write_json_atomic(path, config, indent=2, sort_keys=True)
 
 
-def _stitched_history(tuner, trial_id: str) -> dict[str, list[float]]:
-    """Per-epoch metrics of a Hyperband trial, prefixed by its parents' epochs (the rounds it continued).
-
-    A child trial starts from its parent's best checkpoint at epoch `tuner/initial_epoch`, so the
-    stitched curve is the path the final weights actually took (approximately, when a parent stopped
-    early and its best epoch was not its last).
-    """
-    chain, tid = [], trial_id
-    while tid:
-        chain.append(tid)
-        tid = tuner.oracle.trials[tid].hyperparameters.values.get("tuner/trial_id")
-    by_step: dict[str, dict[int, float]] = {}
-    for tid in reversed(chain):
-        path = Path(tuner.get_trial_dir(tid)) / HISTORY_FILE
-        if not path.exists():
-            continue
-        record = json.loads(path.read_text())
-        for name, values in record["history"].items():
-            for epoch, value in zip(record["epochs"], values):
-                by_step.setdefault(name, {})[epoch] = value
-    by_step.pop("learning_rate", None)
-    return {name: [steps[s] for s in sorted(steps)] for name, steps in by_step.items()}
-
-
-def new_run_dir(work_dir: Path, profile_name: str) -> Path:
-    """A fresh WORK_DIR/runs/<timestamp>-<profile>-<id>/ directory."""
-    run_dir = Path(work_dir) / RUNS_SUBDIR / f"{time.strftime('%Y%m%d-%H%M%S')}-{profile_name}-{uuid.uuid4().hex[:6]}"
-    run_dir.mkdir(parents=True)
-    return run_dir
-
-
+# --- the search ---------------------------------------------------------------------------------
 def tune(
     manifest_path: str | Path,
-    profile: str | dict = "paper",
+    profile: str | TuningProfile = "paper",
     *,
     fresh: bool = False,
     work_dir: str | Path = WORK_DIR,
@@ -305,7 +160,7 @@ def tune(
 ) -> TuneResult:
     """Run (or resume) the Hyperband search for `profile` on a manifest and save the final model.
 
-    Returns a TuneResult; local and chief runs write model.keras, history.json and tune.json into
+    Returns a TuneResult; local and chief runs write the model, its history and tune.json into
     `run_dir` (default: a new WORK_DIR/runs/<timestamp>-<profile>-<id>/). Raises UserError when any
     trial failed, so a broken environment can never hand back an untrained "best" model. Runs under
     this machine's acceleration plan (training/acceleration.py); the saved model is float32.
@@ -320,112 +175,146 @@ def tune(
                      verbose=verbose)
 
 
-def _tune(manifest_path: Path, profile: str | dict, plan: acceleration.Plan, *, fresh: bool, work_dir: str | Path,
-          run_dir: str | Path | None, verbose: int | None) -> TuneResult:
-    from training.data import make_dataset, manifest_hash, read_manifest
+def _tune(manifest_path: Path, profile: str | TuningProfile, plan: acceleration.Plan, *, fresh: bool,
+          work_dir: str | Path, run_dir: str | Path | None, verbose: int | None) -> TuneResult:
+    """The search and the final model, under an acceleration plan already in force."""
+    from training.data import make_dataset
 
-    manifest_path = Path(manifest_path)
-    profile = get_profile(profile) if isinstance(profile, str) else dict(profile)
-    manifest = read_manifest(manifest_path)
-    size = int(manifest["size"])
-    if size != profile["image_size"]:
-        print(f"[tune] note: manifest images are {size}px; profile says {profile['image_size']}: using {size}")
-    profile["image_size"] = size
+    manifest_path, manifest, profile = _inputs(manifest_path, profile)
     role = distributed_role()
     verbose = fit_verbosity() if verbose is None else verbose
-    objective = profile["objective"]
     check_tensorboard()
-    warning = imbalance_warning(manifest_path, objective)
+    warning = imbalance_warning(manifest_path, profile.objective)
     if warning:
         print(f"[tune] {warning}", flush=True)
-
-    project_dir = _project_dir(work_dir, profile, manifest["fingerprint"])
     if fresh and role == "worker":
         print("[tune] --fresh ignored on a worker (only the chief or a local search may start over)")
         fresh = False
-    search_keys = ("search_space", "objective", "max_epochs", "factor", "hyperband_iterations", "seed",
-                   "patience", "class_weight", "augment", "image_size", "batch_size")
-    config = {k: profile.get(k) for k in search_keys} | {"manifest_hash": manifest_hash(manifest_path)}
-    if fresh and project_dir.exists():
-        import shutil
-
-        shutil.rmtree(project_dir)
-    _check_or_write_config(project_dir, config, fresh=False)
-    _check_saved_state(project_dir)
-    _keras_tuner_saves_atomically()
+    project_dir, config = _open_project(work_dir, profile, manifest_path, manifest, fresh=fresh)
 
     import keras
 
-    from training import models
-
-    keras.utils.set_random_seed(profile["seed"])
-    augment = resolve_augment(profile.get("augment"))
-    train_ds = make_dataset(manifest_path, "train", batch_size=profile["batch_size"], seed=profile["seed"],
-                            augment=augment)
-    val_ds = make_dataset(manifest_path, "val", batch_size=profile["batch_size"], shuffle=False)
-    weights = class_weights(manifest_path, profile.get("class_weight"))
-
-    import keras_tuner as kt
-
-    tuner = _make_tuner_class()(
-        hypermodel=models.hypermodel_for(profile["search_space"], size),
-        objective=kt.Objective(objective, direction="max"),
-        max_epochs=profile["max_epochs"],
-        factor=profile["factor"],
-        hyperband_iterations=profile["hyperband_iterations"],
-        seed=profile["seed"],
-        directory=str(project_dir.parent),
-        project_name=project_dir.name,
-        overwrite=False,
+    keras.utils.set_random_seed(profile.seed)
+    data = _FitData(
+        train=make_dataset(manifest_path, "train", batch_size=profile.batch_size, seed=profile.seed,
+                           augment=resolve_augment(profile.augment)),
+        val=make_dataset(manifest_path, "val", batch_size=profile.batch_size, shuffle=False),
+        class_weight=class_weights(manifest_path, profile.class_weight),
+        verbose=verbose,
+        timer=acceleration.epoch_timer(),
     )
-    resumed = Path(tuner._get_tuner_fname()).exists() and bool(tuner.oracle.trials)
-    print(f"[tune] {role} search, profile {profile['name']}, objective {objective}, project {project_dir}",
-          flush=True)
-    print(f"[tune] {acceleration.describe(plan)}; TensorBoard: tensorboard --logdir {project_dir / TENSORBOARD_SUBDIR}",
-          flush=True)
-    early = keras.callbacks.EarlyStopping(monitor=objective, mode="max", patience=profile["patience"])
-    timer = tuner.epoch_timer = acceleration.epoch_timer()
-    tuner.precision = plan.precision
-    board = keras.callbacks.TensorBoard(log_dir=str(project_dir / TENSORBOARD_SUBDIR), write_graph=False)
-    started = time.monotonic()
-    try:
-        tuner.search(train_ds, validation_data=val_ds, callbacks=[early, timer, board], class_weight=weights,
-                     verbose=verbose)
-    except RuntimeError as exc:  # keras-tuner stops after max_consecutive_failed_trials failures
-        if "consecutive failures" in str(exc):
-            last = [line for line in str(exc).strip().splitlines() if line.strip()][-1]
-            raise UserError(f"trials failed, search stopped: {last}") from None
-        raise
-    search_wall = time.monotonic() - started
-    result = TuneResult(role=role, profile=profile["name"], objective=objective, project_dir=project_dir,
+    tuner, resumed, search_wall = _search(profile, project_dir, data, role, _train_steps(manifest, profile), plan)
+    result = TuneResult(role=role, profile=profile.name, objective=profile.objective, project_dir=project_dir,
                         search_wall_time_s=round(search_wall, 3))
     if role == "worker":
         print(f"[tune] worker {os.environ['KERASTUNER_TUNER_ID']} done in {search_wall:.1f}s; the chief builds "
               "the final model", flush=True)
         return result
+    model = _final_model(tuner, profile, data, result, int(manifest["size"]))
+    run = RunDir(run_dir) if run_dir else RunDir.new(work_dir, profile.name)
+    _write_run(run, model, result, profile, manifest_path, manifest, config["manifest_hash"], resumed, plan)
+    print(f"[tune] search {search_wall:.1f}s + final model {result.final_fit_wall_time_s:.1f}s; "
+          f"{sum(t['status'] == 'COMPLETED' for t in result.trials)} trials; model -> {result.model_path}", flush=True)
+    return result
 
+
+@dataclass
+class _FitData:
+    """What every fit of a search gets: datasets, class weights, progress display, the epoch timer."""
+
+    train: Any
+    val: Any
+    class_weight: dict[int, float] | None
+    verbose: int
+    timer: Any  # acceleration.epoch_timer(): wall seconds per epoch
+
+
+def _inputs(manifest_path: str | Path, profile: str | TuningProfile) -> tuple[Path, dict, TuningProfile]:
+    """The manifest (checked) and the profile, at the manifest's image size."""
+    from training.data import read_manifest
+
+    manifest_path = Path(manifest_path)
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    manifest = read_manifest(manifest_path)  # a wrong path or file fails here, before TensorFlow loads
+    size = int(manifest["size"])
+    if size != profile.image_size:
+        print(f"[tune] note: manifest images are {size}px; profile says {profile.image_size}: using {size}")
+    return manifest_path, manifest, profile.replace(image_size=size)
+
+
+def _train_steps(manifest: dict, profile: TuningProfile) -> int:
+    """Optimizer steps of the longest fit the profile asks for (what a learning-rate schedule spans)."""
+    n_train = sum(manifest["counts"]["train"].values())
+    return (profile.final_epochs or profile.max_epochs) * math.ceil(n_train / profile.batch_size)
+
+
+def _open_project(work_dir: str | Path, profile: TuningProfile, manifest_path: Path, manifest: dict, *,
+                  fresh: bool) -> tuple[Path, dict]:
+    """The search's project directory (emptied when fresh), refused if it holds another search."""
+    from training.data import manifest_hash
+
+    project_dir = _project_dir(work_dir, profile, manifest["fingerprint"])
+    config = {k: getattr(profile, k) for k in SEARCH_KEYS} | {"manifest_hash": manifest_hash(manifest_path)}
+    if fresh and project_dir.exists():
+        shutil.rmtree(project_dir)
+    _check_or_write_config(project_dir, config, fresh=False)
+    _check_saved_state(project_dir)
+    keras_tuner_compat.save_state_atomically()
+    return project_dir, config
+
+
+def _search(profile: TuningProfile, project_dir: Path, data: _FitData, role: str, train_steps: int,
+            plan: acceleration.Plan) -> tuple[Any, bool, float]:
+    """Build the tuner over the project and run (or resume) the search: (tuner, resumed, seconds)."""
+    import keras
+    import keras_tuner as kt
+
+    from training import models
+
+    tuner = make_tuner_class()(
+        hypermodel=models.hypermodel_for(profile.search_space, profile.image_size, train_steps=train_steps),
+        objective=kt.Objective(profile.objective, direction="max"),
+        max_epochs=profile.max_epochs,
+        factor=profile.factor,
+        hyperband_iterations=profile.hyperband_iterations,
+        seed=profile.seed,
+        directory=str(project_dir.parent),
+        project_name=project_dir.name,
+        overwrite=False,
+    )
+    resumed = keras_tuner_compat.has_saved_state(tuner)
+    print(f"[tune] {role} search, profile {profile.name}, objective {profile.objective}, project {project_dir}",
+          flush=True)
+    print(f"[tune] {acceleration.describe(plan)}; TensorBoard: tensorboard --logdir {project_dir / TENSORBOARD_SUBDIR}",
+          flush=True)
+    early = keras.callbacks.EarlyStopping(monitor=profile.objective, mode="max", patience=profile.patience)
+    tuner.epoch_timer, tuner.precision = data.timer, plan.precision
+    board = keras.callbacks.TensorBoard(log_dir=str(project_dir / TENSORBOARD_SUBDIR), write_graph=False)
+    started = time.monotonic()
+    try:
+        tuner.search(data.train, validation_data=data.val, callbacks=[early, data.timer, board],
+                     class_weight=data.class_weight, verbose=data.verbose)
+    except RuntimeError as exc:  # keras-tuner stops after max_consecutive_failed_trials failures
+        if "consecutive failures" in str(exc):
+            last = [line for line in str(exc).strip().splitlines() if line.strip()][-1]
+            raise UserError(f"trials failed, search stopped: {last}") from None
+        raise
+    return tuner, resumed, time.monotonic() - started
+
+
+def _final_model(tuner: Any, profile: TuningProfile, data: _FitData, result: TuneResult, size: int) -> Any:
+    """The best trial's checkpoint, or its hyperparameters refitted when that scores better on validation."""
     result.trials = trial_summaries(tuner)
     check_trials(result.trials)
     best = tuner.oracle.get_best_trials(1)[0]
     result.best_trial_id = best.trial_id
     result.best_score = float(best.score)
     result.best_hyperparameters = active_hyperparameters(best.hyperparameters.values)
+    objective = profile.objective
     print(f"[tune] best trial {best.trial_id}: {objective} = {best.score:.4f} {result.best_hyperparameters}",
           flush=True)
-
     fit_started = time.monotonic()
-    if profile.get("final_epochs"):
-        keras.utils.set_random_seed(profile["seed"])
-        model = models.build_from_hyperparameters(result.best_hyperparameters, profile["search_space"], size)
-        restore = keras.callbacks.EarlyStopping(monitor=objective, mode="max", patience=profile["patience"],
-                                                restore_best_weights=True)
-        print(f"[tune] retraining the best hyperparameters for up to {profile['final_epochs']} epochs", flush=True)
-        history = model.fit(train_ds, validation_data=val_ds, epochs=profile["final_epochs"],
-                            callbacks=[restore, timer], class_weight=weights, verbose=verbose)
-        result.final_fit_epoch_times_s = list(timer.epoch_times)
-        result.history = history_lists(history)
-        result.refit_score = max(result.history.get(objective) or [float("-inf")])
-        result.final_model = "refit"
+    model = _refit(profile, data, result, size) if profile.final_epochs else None
     # A refit from scratch can end worse on validation than the checkpoint the search already holds (on
     # imbalanced data an accuracy objective can stop it at an all-"no glasses" epoch): keep the better one,
     # judged on the same validation objective (the test split stays unseen).
@@ -434,49 +323,62 @@ def _tune(manifest_path: Path, profile: str | dict, plan: acceleration.Plan, *, 
             print(f"[tune] the refit reached {objective} {result.refit_score:.4f} < the best trial's "
                   f"{result.best_score:.4f}: keeping the best trial's checkpoint", flush=True)
         model = tuner.get_best_models(1)[0]
-        result.history = _stitched_history(tuner, best.trial_id)
+        result.history = stitched_history(tuner, best.trial_id)
         result.final_model = "best trial checkpoint" + (
             f" (refit reached {objective} {result.refit_score:.4f} < {result.best_score:.4f})"
             if result.refit_score is not None else "")
     result.final_fit_wall_time_s = round(time.monotonic() - fit_started, 3)
+    return model
 
-    run_dir = Path(run_dir) if run_dir else new_run_dir(work_dir, profile["name"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    result.run_dir = run_dir
-    result.model_path = run_dir / "model.keras"
-    acceleration.float32_copy(model).save(result.model_path)  # trained in bf16 or not, saved float32
-    (run_dir / "history.json").write_text(json.dumps(result.history, indent=2))
+
+def _refit(profile: TuningProfile, data: _FitData, result: TuneResult, size: int) -> Any:
+    """The best hyperparameters retrained from scratch for up to final_epochs (best weights restored)."""
+    import keras
+
+    from training import models
+
+    keras.utils.set_random_seed(profile.seed)
+    model = models.build_from_hyperparameters(result.best_hyperparameters, profile.search_space, size)
+    restore = keras.callbacks.EarlyStopping(monitor=profile.objective, mode="max", patience=profile.patience,
+                                            restore_best_weights=True)
+    print(f"[tune] retraining the best hyperparameters for up to {profile.final_epochs} epochs", flush=True)
+    history = model.fit(data.train, validation_data=data.val, epochs=profile.final_epochs,
+                        callbacks=[restore, data.timer], class_weight=data.class_weight, verbose=data.verbose)
+    result.final_fit_epoch_times_s = list(data.timer.epoch_times)
+    result.history = history_lists(history)
+    result.refit_score = max(result.history.get(profile.objective) or [float("-inf")])
+    result.final_model = "refit"
+    return model
+
+
+def _write_run(run: RunDir, model: Any, result: TuneResult, profile: TuningProfile, manifest_path: Path,
+               manifest: dict, manifest_hash: str, resumed: bool, plan: acceleration.Plan) -> None:
+    """The final model, its history and tune.json (what the search did, on which data) into the run dir."""
+    run.path.mkdir(parents=True, exist_ok=True)
+    result.run_dir = run.path
+    result.model_path = run.model
+    acceleration.float32_copy(model).save(run.model)  # trained in bf16 or not, saved float32
+    run.write_json(run.history, result.history)
     summary = asdict(result) | {
-        "profile_config": profile,
+        "profile_config": profile.as_dict(),
         "manifest_path": str(manifest_path.resolve()),
-        "manifest_hash": config["manifest_hash"],
+        "manifest_hash": manifest_hash,
         "data_fingerprint": manifest["fingerprint"],
         "data_source": manifest.get("source"),
-        "image_size": size,
+        "data_sources": manifest.get("sources") or [{"source": manifest.get("source"),
+                                                     "fingerprint": manifest["fingerprint"]}],
+        "image_size": profile.image_size,
         "params": int(model.count_params()),
         # trials may have run in an earlier (resumed) invocation or in parallel on workers:
         "trials_time_total_s": round(sum(t.get("wall_time_s", 0.0) for t in result.trials), 3),
-        "training_wall_time_s": round(search_wall + result.final_fit_wall_time_s, 3),
+        "training_wall_time_s": round(result.search_wall_time_s + result.final_fit_wall_time_s, 3),
         "resumed": resumed,
         "acceleration": plan.as_dict(),
     }
-    (run_dir / "tune.json").write_text(json.dumps(summary, indent=2, default=str))
-    print(f"[tune] search {search_wall:.1f}s + final model {result.final_fit_wall_time_s:.1f}s; "
-          f"{sum(t['status'] == 'COMPLETED' for t in result.trials)} trials; model -> {result.model_path}", flush=True)
-    return result
-
-
-def read_tune_summary(run_dir: str | Path) -> dict:
-    """tune.json of a run directory."""
-    path = Path(run_dir) / "tune.json"
-    if not path.exists():
-        raise UserError(f"{path} does not exist; is {run_dir} a run directory from `glasses-train tune`?")
-    return json.loads(path.read_text())
+    run.write_json(run.tune_summary, summary, default=str)
 
 
 # --- CLI ----------------------------------------------------------------------------------------
-
-
 def add_cli(subparsers) -> None:
     """`glasses-train tune --manifest M [--profile P] [--fresh] [--run-dir D]`."""
     p = subparsers.add_parser("tune", help="Hyperband search on a split manifest (resumable, distributable)",
