@@ -47,6 +47,9 @@ def test_run_prepares_tunes_evaluates_registers_and_promotes(finished_run):
     assert meta["metrics"]["roc_auc"] == pytest.approx(report["metrics"]["roc_auc"])
     assert meta["split_manifest_hash"] == report["manifest_hash"]
     assert meta["tuner"]["trials"] == 2 and meta["data_source"].startswith("folders:")
+    hardware = meta["training_hardware"]  # how fast it could train: the CPU and the precision used
+    assert hardware["cpu_model"] not in ("", "not recorded")
+    assert hardware["precision"] in ("float32", "mixed_bfloat16") and hardware["reason"]
 
 
 def test_run_with_a_wrong_source_is_one_line(finished_run, tmp_path):
