@@ -12,7 +12,7 @@ from pathlib import Path
 
 # CPU flags (as /proc/cpuinfo spells them) that change which kernels TensorFlow can use.
 ML_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
-# TensorFlow's default rule on Linux x86: oneDNN custom ops on for Intel CPUs with these features.
+# TensorFlow's default on Linux x86: oneDNN custom ops on for CPUs with any of these (seen on AMD EPYC too).
 ONEDNN_DEFAULT_FLAGS = ("avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile")
 
 
@@ -35,12 +35,12 @@ def cpu_flags() -> set[str]:
     return set(_cpuinfo().get("flags", "").split())
 
 
-def onednn_path(flags: set[str], vendor: str, env: str | None) -> str:
+def onednn_path(flags: set[str], env: str | None) -> str:
     """Whether TensorFlow runs its oneDNN custom ops, and why (TF_ENABLE_ONEDNN_OPTS wins)."""
     if env is not None and env.strip() in ("0", "1", "true", "false"):
         on = env.strip() in ("1", "true")
         return f"{'on' if on else 'off'} (TF_ENABLE_ONEDNN_OPTS={env.strip()})"
-    on = vendor == "GenuineIntel" and any(f in flags for f in ONEDNN_DEFAULT_FLAGS)
+    on = any(f in flags for f in ONEDNN_DEFAULT_FLAGS)
     return f"{'on' if on else 'off'} (TensorFlow's default for this CPU)"
 
 
@@ -52,7 +52,7 @@ def describe() -> dict:
         "cpu": info.get("model name") or platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
         "ml_flags": [f for f in ML_FLAGS if f in flags],
-        "onednn": onednn_path(flags, info.get("vendor_id", ""), os.environ.get("TF_ENABLE_ONEDNN_OPTS")),
+        "onednn": onednn_path(flags, os.environ.get("TF_ENABLE_ONEDNN_OPTS")),
         "python": platform.python_version(),
         "host": platform.node(),
         "loadavg": [round(x, 2) for x in os.getloadavg()],
