@@ -35,7 +35,11 @@ BUNDLED_MODEL_FILE = REPO_ROOT / "models" / "glasses_classifier.bentomodel"
 # --- registry -----------------------------------------------------------------------------------
 MODEL_NAME = "glasses_classifier"
 MODEL_FILE = "model.keras"  # the Keras file inside a stored version and a run directory
-MODEL_ENV_VAR = "GLASSES_MODEL"  # a tag such as glasses_classifier:abc123 overrides the promoted one
+MODEL_ENV_VAR = "GLASSES_MODEL"  # a tag such as glasses_classifier:abc123 pins what is served
+REGISTRY_DIR_ENV_VAR = "GLASSES_REGISTRY_DIR"  # alias file + history, default $BENTOML_HOME (glasses/registry.py)
+PRODUCTION_ALIAS = "production"  # what `registry promote` sets; every worker serves it
+CANDIDATE_ALIAS = "candidate"  # loaded beside production: a canary share (--traffic) or a shadow (--shadow)
+SERVED_ALIASES: tuple[str, ...] = (PRODUCTION_ALIAS, CANDIDATE_ALIAS)  # other aliases are bookmarks only
 DEFAULT_THRESHOLD = 0.5
 
 # --- Kaggle -------------------------------------------------------------------------------------
@@ -250,6 +254,20 @@ SERVE_WORKERS = int(os.environ.get("GLASSES_SERVE_WORKERS", "1"))  # processes, 
 SERVE_THREADS = 1  # threads running batches (the dispatcher runs one batch at a time anyway)
 SERVE_DISPATCH = os.environ.get("GLASSES_DISPATCH", "greedy")  # "greedy" | "cork" (BentoML's own rule)
 DECODE_THREADS = 4  # threads decoding uploads (PIL releases the GIL while decoding/resizing)
+# Live registry (service/live.py, docs/service.md "Live registry"). Each worker re-reads the alias
+# file every RELOAD_POLL_S; a change is loaded, checked and swapped in, so every worker serves the new
+# target within RELOAD_POLL_S + its load-and-check time (the bound: RELOAD_BOUND_S, measured in docs/).
+RELOAD_POLL_S = float(os.environ.get("GLASSES_RELOAD_POLL_S", "1.0"))
+RELOAD_BOUND_S = 5.0
+MODEL_HEADER = "X-Glasses-Model"  # or ?model=: an alias (production, candidate, ...) or a loaded tag
+SHADOW_MAX_PENDING = 64  # shadow scorings queued per worker; past it a shadow comparison is skipped (counted)
+# Parity probe and verdict drift (glasses/monitoring.py): recorded at registration, checked when serving.
+PROBE_IMAGES = 4
+PARITY_TOLERANCE = 1e-4  # max |P(glasses) at registration - P after loading| on the probe
+DRIFT_BINS = 10  # reference histogram of P(glasses) on the test split
+DRIFT_WINDOW = 500  # PSI over the last N verdicts of a version (per worker)
+DRIFT_MIN_VERDICTS = 100  # no PSI before this many verdicts
+DRIFT_WORRY_PSI = 0.25  # the value an operator should act on (0.1-0.25: watch)
 # POST /explain (service/explain.py): occlusion patch and stride as fractions of the model's input side,
 # copies scored per classifier call, the longest side of the returned PNG; at most EXPLAIN_CONCURRENCY
 # explanations run at once and EXPLAIN_QUEUE more may wait (beyond that: 429), none longer than

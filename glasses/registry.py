@@ -2,24 +2,30 @@
 
 The registry is a BentoML model store (`$BENTOML_HOME`, default `~/bentoml`): every registered
 model is a `glasses_classifier:<version>` holding `model.keras` (and `model.tflite` when its LiteRT
-conversion passed, see training/convert.py) plus metadata. Which version is *promoted* (served by
-default) is recorded in a pointer file, `$BENTOML_HOME/glasses_registry.json`, beside the store, so
-BentoML's own `bentoml models ...` commands keep working unchanged.
+conversion passed, see training/convert.py) plus metadata. Aliases (`production`: every worker serves
+it; `candidate`: beside it as a canary or a shadow; any other name: a bookmark) and their audit history
+live beside the store, so BentoML's own `bentoml models ...` commands keep working unchanged.
 
     store:    save_version, import_version, export_version, list_models, list_versions, get_model
-    pointer:  promote, promoted_tag, resolve (GLASSES_MODEL > promoted > newest > bundled)
+    aliases:  set_alias, promote, rollback, read_aliases, read_history, promoted_tag,
+              resolve (GLASSES_MODEL > production > newest > bundled)
     versions: model_card (what GET /model shows), check_servable (can this code score it?)
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import getpass
 import json
 import os
+import re
 import shutil
+import socket
 import tarfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import bentoml
 import yaml
@@ -35,14 +41,16 @@ from glasses.config import (
     MODEL_FILE,
     MODEL_NAME,
     POSITIVE_CLASS,
+    PRODUCTION_ALIAS as PRODUCTION,
+    REGISTRY_DIR_ENV_VAR,
 )
 from glasses.files import UserError, write_json_atomic
 from glasses.runtimes import available_runtimes
 
-
-# Key metrics `list_versions` shows for every version.
-KEY_METRICS = ("accuracy", "balanced_accuracy", "roc_auc", "f1", "loss")
-POINTER_FILE = "glasses_registry.json"
+KEY_METRICS = ("accuracy", "balanced_accuracy", "roc_auc", "f1", "loss")  # shown by `list_versions`
+ALIAS_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+POINTER_FILE = "glasses_registry.json"  # the aliases
+HISTORY_FILE = "glasses_registry_history.jsonl"  # every alias move, appended
 
 
 class RegistryError(UserError):
@@ -164,14 +172,18 @@ def version_summary(model: bentoml.Model) -> dict[str, Any]:
         "threshold": meta.get("threshold"),
         "image_size": meta.get("image_size"),
         "manifest": (meta.get("split_manifest_hash") or "")[:12],
+        "test_photos": metrics.get("n"),
+        "source": meta.get("data_source"),
         "forced": model.info.labels.get("forced") == "true",
     }
 
 
 def list_versions() -> list[dict[str, Any]]:
-    """Every stored version, newest first, with `promoted` marked."""
-    promoted = promoted_tag()
-    return [version_summary(m) | {"promoted": str(m.tag) == promoted} for m in list_models()]
+    """Every stored version, newest first, with `promoted` (= production) and its aliases marked."""
+    aliases = read_aliases()
+    rows = [version_summary(m) | {"aliases": sorted(n for n, e in aliases.items() if e["tag"] == str(m.tag))}
+            for m in list_models()]
+    return [r | {"promoted": PRODUCTION in r["aliases"]} for r in rows]
 
 
 def describe(tag: str) -> dict[str, Any]:
@@ -182,52 +194,125 @@ def describe(tag: str) -> dict[str, Any]:
             "metadata": model.info.metadata}
 
 
-# --- the promotion pointer ----------------------------------------------------------------------
-def _pointer_file() -> Path:
-    return bentoml_home() / POINTER_FILE
+# --- aliases and their audit history ------------------------------------------------------------
+# POINTER_FILE {"aliases": {NAME: {"tag", "traffic", "shadow"}}, "promoted": TAG} is replaced atomically:
+# readers (every worker, each second) see the old or the new state and need no lock (the store may be
+# mounted read-only). HISTORY_FILE gets one JSON line per move, appended. Writers hold an exclusive flock.
+def registry_dir() -> Path:
+    """Where the alias file and history live: $GLASSES_REGISTRY_DIR (a read-only shared store), else BENTOML_HOME."""
+    return Path(os.environ.get(REGISTRY_DIR_ENV_VAR) or bentoml_home()).expanduser()
 
 
-def _read_pointer() -> dict:
+def _pointer_file(name: str = POINTER_FILE) -> Path:
+    return registry_dir() / name
+
+
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    """Exclusive lock for one registry write (blocks while another CLI call writes)."""
+    registry_dir().mkdir(parents=True, exist_ok=True)
+    with open(_pointer_file("glasses_registry.lock"), "a") as fh:  # closing the file releases the lock
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def read_aliases() -> dict[str, dict[str, Any]]:
+    """Every alias: {name: {"tag", "traffic", "shadow"}} (a pointer of older code: production only)."""
     path = _pointer_file()
     if not path.exists():
-        return {"promoted": None, "history": []}
+        return {}
     try:
         state = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise RegistryError(f"cannot read the promotion pointer {path} ({exc}); fix or delete it, then "
                             f"`glasses-train registry promote TAG`") from None
-    if not isinstance(state, dict):
-        raise RegistryError(f"the promotion pointer {path} is not a JSON object; fix or delete it")
-    return state
+    if not isinstance(state, dict) or not isinstance(state.get("aliases", {}), dict):
+        raise RegistryError(f"the promotion pointer {path} is not a JSON object of aliases; fix or delete it")
+    aliases = {name: {"tag": e["tag"], "traffic": float(e.get("traffic") or 0.0), "shadow": bool(e.get("shadow"))}
+               for name, e in state.get("aliases", {}).items()}
+    if PRODUCTION not in aliases and state.get("promoted"):
+        aliases[PRODUCTION] = {"tag": state["promoted"], "traffic": 0.0, "shadow": False}
+    return aliases
+
+
+def read_history() -> list[dict[str, Any]]:
+    """Every recorded alias move, oldest first."""
+    path = _pointer_file(HISTORY_FILE)
+    try:
+        return [json.loads(line) for line in (path.read_text().splitlines() if path.exists() else [])]
+    except ValueError:
+        raise RegistryError(f"the registry history {path} has a line that is not JSON (a hand edit?)") from None
+
+
+def set_alias(name: str, tag: str | None, *, traffic: float = 0.0, shadow: bool = False,
+              note: str | None = None, action: str = "alias set") -> dict[str, Any]:
+    """Point alias `name` at `tag` (None: remove it); atomic, locked, recorded. Returns the history entry."""
+    if not ALIAS_PATTERN.fullmatch(name):
+        raise RegistryError(f"alias {name!r} must match {ALIAS_PATTERN.pattern}")
+    if not 0.0 <= traffic <= 1.0 or (traffic and shadow):
+        raise RegistryError(f"--traffic must be a share between 0 and 1 without --shadow, got {traffic}"
+                            + (" with --shadow" if shadow else ""))
+    if name == PRODUCTION and (traffic or shadow):
+        raise RegistryError("production answers what the candidate does not: give --traffic/--shadow to the candidate")
+    full = str(get_model(tag).tag) if tag is not None else None
+    with _locked():
+        aliases = read_aliases()
+        before = aliases.get(name, {}).get("tag")
+        if full is None:
+            if name not in aliases:
+                raise RegistryError(f"alias {name!r} is not set (set ones: {', '.join(sorted(aliases)) or 'none'})")
+            if name == PRODUCTION:
+                raise RegistryError("production cannot be unset: promote or roll back another version instead")
+            del aliases[name]
+        else:
+            aliases[name] = {"tag": full, "traffic": float(traffic), "shadow": bool(shadow)}
+        state = {"aliases": aliases, "promoted": aliases.get(PRODUCTION, {}).get("tag")}
+        write_json_atomic(_pointer_file(), state, indent=2)
+        entry = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "action": action,
+                 "alias": name, "from": before, "to": full, "traffic": traffic, "shadow": shadow,
+                 "by": _who(), "note": note}
+        with open(_pointer_file(HISTORY_FILE), "a") as fh:
+            print(json.dumps(entry), file=fh, flush=True)
+            os.fsync(fh.fileno())
+    return entry
+
+
+def _who() -> str:
+    """user@host for the audit history (uidN@host for a container user without a passwd entry)."""
+    with contextlib.suppress(KeyError, OSError):
+        return f"{getpass.getuser()}@{socket.gethostname()}"
+    return f"uid{os.getuid()}@{socket.gethostname()}"
+
+
+def promote(tag: str, note: str | None = None) -> str:
+    """Point `production` at `tag`: every running worker serves it within seconds (rollback: `rollback`)."""
+    return set_alias(PRODUCTION, tag, note=note, action="promote")["to"]
+
+
+def rollback(note: str | None = None) -> dict[str, Any]:
+    """Production back to where it was before its latest move not yet undone (rollbacks stack)."""
+    undone = 0
+    for entry in reversed([e for e in read_history() if e.get("alias") == PRODUCTION]):
+        if entry.get("action") == "rollback":
+            undone += 1
+        elif undone:
+            undone -= 1
+        elif entry.get("from"):  # only the very first production move has none
+            return set_alias(PRODUCTION, entry["from"], note=note, action="rollback")
+    raise RegistryError("nothing to roll back to: production has no earlier target in the history")
 
 
 def promoted_tag() -> str | None:
-    """The promoted tag, if one is set and still present in the store."""
-    tag = _read_pointer().get("promoted")
-    if tag is None:
-        return None
+    """The production tag, if one is set and still present in the store."""
+    tag = read_aliases().get(PRODUCTION, {}).get("tag")
     try:
-        bentoml.models.get(tag)
+        return str(bentoml.models.get(tag).tag) if tag else None
     except bentoml.exceptions.NotFound:
         return None
-    return tag
-
-
-def promote(tag: str) -> str:
-    """Make `tag` the version the service serves by default (rollback = promote an older one)."""
-    model = get_model(tag)
-    full = str(model.tag)
-    state = _read_pointer()
-    state["promoted"] = full
-    state.setdefault("history", []).append({"tag": full, "at": datetime.now(timezone.utc).isoformat()})
-    path = _pointer_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, state, indent=2)  # readers see the old or the new pointer, never half of one
-    return full
 
 
 def resolve(import_default: bool = True) -> tuple[str, str]:
-    """(tag, why) of the version to serve: $GLASSES_MODEL, else promoted, else newest, else bundled."""
+    """(tag, why) of the version to serve: $GLASSES_MODEL, else production, else newest, else bundled."""
     env_tag = os.environ.get(MODEL_ENV_VAR)
     if env_tag:
         try:
@@ -236,7 +321,7 @@ def resolve(import_default: bool = True) -> tuple[str, str]:
             raise RegistryError(f"${MODEL_ENV_VAR}={env_tag}: {exc}") from None
     tag = promoted_tag()
     if tag:
-        return tag, "promoted in the registry"
+        return tag, "production in the registry"
     models = list_models()
     if models:
         return str(models[0].tag), "newest version in the store (none promoted)"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One set-up command for a fresh machine: a virtualenv with every pinned dependency, plus podman
-# (for the container test) and chromium (for the browser tests) when we are root on Debian. Safe to re-run.
+# (for the container test), chromium (browser tests) and haproxy (two-replica test) when we are root on Debian.
+# Safe to re-run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,10 +11,12 @@ python3.11 -m venv .venv 2>/dev/null || python3 -m venv .venv
 .venv/bin/python -m pip install --quiet -e ".[cpu,train,dev]"
 
 # As root on Debian: podman/runc/debootstrap (the container test) and Debian's chromium with its
-# matching chromedriver (the browser tests and scripts/screenshots.py); each test skips without them.
+# matching chromedriver (the browser tests and scripts/screenshots.py), haproxy (tests/test_replicas.py);
+# each test skips without them.
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=""
-  for pair in podman:podman runc:runc debootstrap:debootstrap chromium:chromium chromedriver:chromium-driver; do
+  for pair in podman:podman runc:runc debootstrap:debootstrap chromium:chromium chromedriver:chromium-driver \
+              haproxy:haproxy; do
     command -v "${pair%%:*}" >/dev/null || missing="$missing ${pair#*:}"
   done
   if [ -n "$missing" ]; then

@@ -16,7 +16,11 @@ import logging
 import time
 from typing import Any, Awaitable, Callable
 
-from bentoml._internal.marshal.dispatcher import CorkDispatcher
+import anyio
+import numpy as np
+from bentoml._internal.context import server_context
+from bentoml._internal.marshal.dispatcher import CorkDispatcher, NonBlockSema
+from bentoml.exceptions import ServiceUnavailable
 
 logger = logging.getLogger("bentoml.glasses")
 
@@ -74,3 +78,61 @@ def batch_entry(app: Any, api_name: str, greedy: bool = True) -> BatchInfer:
             )
         return functools.partial(factory.batch_infer, api_name)
     raise RuntimeError(f"cannot find BentoML's batching dispatcher for API {api_name!r} (BentoML upgraded?)")
+
+
+def _overloaded() -> Any:
+    raise ServiceUnavailable("process is overloaded")
+
+
+class ModelBatching:
+    """Adaptive batching for several model versions in one worker: one GreedyDispatcher per version.
+
+    Every version's batches run one at a time overall (one shared semaphore, one model thread), and
+    each is counted in BentoML's `adaptive_batch_size` histogram of the API `api_name`, as batches of
+    the batchable API are. A request queued on a version is scored by that version, whatever is
+    promoted meanwhile: that is what lets the service swap versions between batches.
+    """
+
+    def __init__(self, max_latency_ms: int, max_batch_size: int, api_name: str = "infer", greedy: bool = True) -> None:
+        self.max_latency_ms, self.max_batch_size, self.api_name = max_latency_ms, max_batch_size, api_name
+        self.dispatcher_class = GreedyDispatcher if greedy else CorkDispatcher
+        self._sema = NonBlockSema(1)
+        self._limiter: anyio.CapacityLimiter | None = None
+        self._factory: Any = None
+
+    def bind(self, app: Any) -> None:
+        """Find BentoML's ServiceAppFactory (for its batch-size metric) from the request's app, once; the
+        batchable API's own dispatcher (HTTP calls of it) gets the same release rule."""
+        if self._factory is None:
+            batch_entry(app, self.api_name, greedy=self.dispatcher_class is GreedyDispatcher)
+            self._factory = _factory_of(app, self.api_name)
+
+    def batcher(self, predict: Callable[[np.ndarray], np.ndarray]) -> tuple[Callable, CorkDispatcher]:
+        """(score, dispatcher): `await score(pixels (n, S, S, 3))` -> P (n,), batched with other requests.
+        Create it on the event loop; `dispatcher.shutdown()` once nothing is queued on it any more."""
+        dispatcher = self.dispatcher_class(self.max_latency_ms, self.max_batch_size, shared_sema=self._sema,
+                                      fallback=_overloaded, get_batch_size=lambda a: a.shape[0], batch_dim=(0, 0))
+
+        async def run(batches: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+            if self._limiter is None:
+                self._limiter = anyio.CapacityLimiter(1)
+            self._observe(len(batches))
+            out = await anyio.to_thread.run_sync(predict, np.concatenate(batches), limiter=self._limiter)
+            return np.split(out, np.cumsum([len(b) for b in batches])[:-1])
+
+        return dispatcher(run), dispatcher
+
+    def _observe(self, n: int) -> None:
+        factory = self._factory
+        if factory is not None and getattr(factory, "enable_metrics", False):
+            factory.adaptive_batch_size_hist.labels(
+                runner_name=factory.service.name, worker_index=server_context.worker_index,
+                method_name=self.api_name, service_version=server_context.bento_version,
+                service_name=server_context.bento_name).observe(n)
+
+
+def _factory_of(app: Any, api_name: str) -> Any:
+    for route in app.router.routes:
+        if getattr(route, "name", None) == api_name:
+            return getattr(getattr(route.endpoint, "func", None), "__self__", None)
+    return None

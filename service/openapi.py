@@ -42,6 +42,14 @@ FAULTS = {
     429: f"{EXPLAIN_CONCURRENCY} explanation(s) running and {EXPLAIN_QUEUE} waiting already: retry in a few seconds",
     503: f"{BUSY}, or no explanation slot freed within {EXPLAIN_WAIT_S:g} s",
 }
+MODEL_CHOICE = [  # service/live.py: which served version answers (default: production or the canary share)
+    {"name": "model", "in": "query", "required": False, "schema": {"type": "string"},
+     "description": "a served alias (`production`, `candidate`) or tag (`glasses_classifier:abc` or `abc`); "
+                    "GET /model lists them. Default: production, or the candidate for its canary share"},
+    {"name": "X-Glasses-Model", "in": "header", "required": False, "schema": {"type": "string"},
+     "description": "the same as ?model="}]
+UNKNOWN_MODEL = {"description": "?model= / X-Glasses-Model names no version served here",
+                 "content": {"application/json": {"schema": ERROR}}}
 SHED = {"description": f"{BUSY} ({{error, status}}), or queued longer than {SERVE_MAX_LATENCY_MS} ms behind the "
                        f"model (overload; BentoML's body {{error}})",
         "content": {"application/json": {"schema": {"oneOf": [ERROR, {"$ref": "#/components/schemas/ShedError"}]}}}}
@@ -71,7 +79,8 @@ SCHEMAS: dict[str, Any] = {
                   "properties": {k: {} for k in ("tag", "name", "version", "created", "threshold", "metrics",
                                                  "class_map", "positive_class", "preprocessing", "labels",
                                                  "data_source", "data_fingerprint", "profile", "objective",
-                                                 "hyperparameters")}},
+                                                 "hyperparameters", "aliases", "served", "refused", "shadow",
+                                                 "worker_pid", "pinned", "reload")}},
 }
 
 
@@ -100,14 +109,15 @@ def _paths(infer_body: dict) -> dict[str, Any]:
         ("X-Model", "served tag"), ("X-Explain-Method", "occlusion"), ("X-Explain-Peak", "x,y of the peak"))}
     return {
         "/predict": {"post": {"tags": ["verdicts"], "operationId": "predict", "summary": "one photo -> verdict",
-                              "requestBody": _multipart("image"),
-                              "responses": {200: _json(verdict), **_errors(400, 408, 413, 415, 422), 503: SHED}}},
+                              "parameters": MODEL_CHOICE, "requestBody": _multipart("image"),
+                              "responses": {200: _json(verdict), **_errors(400, 408, 413, 415, 422), 404: UNKNOWN_MODEL,
+                                            503: SHED}}},
         "/predict_batch": {"post": {
             "tags": ["verdicts"], "operationId": "predict_batch",
             "summary": f"1..{MAX_BATCH_IMAGES} photos -> verdicts in input order; a bad file gets an ItemError in place",
-            "requestBody": _multipart("images", many=True),
+            "parameters": MODEL_CHOICE, "requestBody": _multipart("images", many=True),
             "responses": {200: _json({"type": "array", "items": {"oneOf": [verdict, {"$ref": "#/components/schemas/ItemError"}]}}),
-                          **_errors(400, 408, 415, field="images"),
+                          **_errors(400, 408, 415, field="images"), 404: UNKNOWN_MODEL,
                           413: {"description": f"body over {MAX_REQUEST_BYTES:,} bytes or more than {MAX_BATCH_IMAGES} images",
                                 "content": {"application/json": {"schema": ERROR}}}, 503: SHED}}},
         "/explain": {"post": {
@@ -120,7 +130,8 @@ def _paths(infer_body: dict) -> dict[str, Any]:
                                 "content": {"image/png": {"schema": {"type": "string", "format": "binary"}},
                                             "application/json": {"schema": {"$ref": "#/components/schemas/Explanation"}}}},
                           **_errors(400, 408, 413, 415, 422, 429, 503)}}},
-        "/model": {"get": {"tags": ["model"], "operationId": "model", "summary": "the served model's card",
+        "/model": {"get": {"tags": ["model"], "operationId": "model",
+                           "summary": "production's card, the aliases, what this worker serves, refused versions",
                            "responses": {200: _json({"$ref": "#/components/schemas/ModelCard"})}}},
         "/": {"get": {"tags": ["pages"], "summary": "the try-it page", "responses": {200: {"description": "HTML"}}}},
         "/docs": {"get": {"tags": ["pages"], "summary": "this documentation", "responses": {200: {"description": "HTML"}}}},

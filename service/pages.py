@@ -84,8 +84,9 @@ async def explain(request: Request) -> Response:
     if fmt not in FORMATS:
         return _error(f"format must be one of {list(FORMATS)}, got {fmt!r}", 400)
     svc = bentoml.get_current_service()
-    classifier, threshold, tag = svc.classifier, svc.threshold, svc.tag  # one consistent view of the model
-    size = int(svc.card["preprocessing"]["image_size"])
+    version = svc.live.production()  # one consistent view of the model, whatever is promoted meanwhile
+    classifier, threshold, tag = version.classifier, version.threshold, version.tag
+    size = version.image_size
     try:
         [upload] = await read_uploads(request, "image", max_files=1)
         async with SLOTS.hold():
@@ -117,7 +118,7 @@ def build_app(service: Any) -> Starlette:
         return FileResponse(STATIC_DIR / "docs.html")
 
     async def spec(_: Request) -> JSONResponse:
-        return JSONResponse(service_spec(service, bentoml.get_current_service().card))
+        return JSONResponse(service_spec(service, bentoml.get_current_service().live.production().card))
 
     return Starlette(routes=[
         Route("/", index, methods=["GET"]),

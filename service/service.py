@@ -2,19 +2,24 @@
 
     POST /predict        multipart field `image`           -> one verdict
     POST /predict_batch  repeated multipart field `images` -> verdicts in input order (bad items inline)
-    GET  /model          the served model's card
+    GET  /model          production's card, the aliases, what is loaded, refusals, shadow agreement
     POST /infer          the batchable inference API: uint8 pixels (N, S, S, 3) -> P(glasses) (N,) (internal)
     GET  /  /docs        the try-it page and the API documentation; POST /explain: why a verdict
                          (service/pages.py, mounted below; off the batching path)
+
+Which version answers: the registry's `production`, followed live (service/live.py: every worker
+re-reads the aliases each second, loads + checks a new target and swaps it in between batches), a
+`candidate` canary share, or what the request asks for with `?model=` / `X-Glasses-Model`.
 
 How a request flows, and why (figures and how they were measured: docs/service.md):
   1. `read_uploads` parses the multipart body itself (BentoML's parser answers 500 to several client
      faults) and `decode_upload` decodes every image fully, in a thread pool, BEFORE anything is
      batched: a bad upload fails its own request (4xx) and can never poison an adaptive batch.
-  2. The decoded uint8 pixels join BentoML's adaptive batching IN-PROCESS: /predict calls
-     `ServiceAppFactory.batch_infer("infer", ...)`, the same dispatcher that serves the batchable
-     `infer` API over HTTP, so there is no HTTP hop and no JSON/pickle of pixels, and BentoML's
-     adaptive_batch_size metric covers every batch. Compared in one run, interleaved:
+  2. The decoded uint8 pixels join adaptive batching IN-PROCESS: each served version has its own
+     BentoML dispatcher (service/batching.py: ModelBatching; one batch runs at a time over all of
+     them), so there is no HTTP hop and no JSON/pickle of pixels, a batch never mixes versions, and
+     BentoML's adaptive_batch_size metric of the `infer` API covers every batch. Compared in one
+     run, interleaved:
        - a separate model service via `bentoml.depends` (pickle + HTTP hop, `runner_connection`
          workaround for upstream #5540): 10.0-11.9 ms server CPU per request vs 5.5-9.0 ms in-process;
        - `self.to_async.infer` goes over HTTP with JSON arrays (18 req/s, 89% errors: team notes);
@@ -35,6 +40,7 @@ How a request flows, and why (figures and how they were measured: docs/service.m
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -51,19 +57,18 @@ from glasses.config import (
     HEADER_TIMEOUT_S,
     MAX_BATCH_IMAGES,
     MAX_REQUEST_BYTES,
-    SERVE_DISPATCH,
+    MODEL_ENV_VAR,
+    MODEL_HEADER,
     SERVE_MAX_BATCH_SIZE,
     SERVE_MAX_LATENCY_MS,
-    SERVE_RUNTIME,
     SERVE_THREADS,
     SERVE_WORKERS,
 )
-from glasses.registry import RegistryError, check_servable, model_card, resolve
-from glasses.runtimes import load_classifier
+from glasses.registry import RegistryError, model_card, resolve
 from service import pages
-from service.batching import BatchInfer, batch_entry
 from service.inference import UploadError, decode_upload, verdict
 from service.limits import install_head_timeout
+from service.live import LiveModels, UnknownModel, Version
 from service.uploads import (
     BodyLimitMiddleware,
     ImagesUpload,
@@ -76,8 +81,9 @@ from service.uploads import (
 
 log = logging.getLogger("bentoml.glasses")  # under BentoML's logger: its format and handlers
 
-# Resolved once at import, so `bentoml build` records exactly this model: GLASSES_MODEL > promoted >
+# Resolved once at import, so `bentoml build` records exactly this model: GLASSES_MODEL > production >
 # newest > the bundled default (imported into an empty store). A wrong choice stops here, in one line.
+# Workers then follow the registry (service/live.py).
 try:
     MODEL_TAG, MODEL_REASON = resolve()
 except RegistryError as exc:
@@ -90,7 +96,7 @@ Pixels = pixels_type(IMAGE_SIZE)
 
 # GET /model: BentoML APIs are POST-only, so this one route is a mounted Starlette app.
 async def _get_model(_: Request) -> JSONResponse:
-    return JSONResponse(bentoml.get_current_service().card)
+    return JSONResponse(bentoml.get_current_service().live.describe())
 
 
 model_app = Starlette(routes=[Route("/model", _get_model, methods=["GET"])])
@@ -107,75 +113,88 @@ class GlassesService:
     bento_model = bentoml.models.BentoModel(MODEL_TAG)
 
     def __init__(self) -> None:
-        self.card = model_card(self.bento_model)
-        check_servable(self.card)
-        self.tag = self.card["tag"]
-        self.threshold = self.card["threshold"]
-        self.classifier = load_classifier(self.bento_model, SERVE_RUNTIME, IMAGE_SIZE)  # tf | litert
-        self.card["runtime"] = self.classifier.runtime
-        self.classifier.warm_up((1, 8, SERVE_MAX_BATCH_SIZE))
-        self._batch_infer: BatchInfer | None = None
+        self.live = LiveModels(pin=os.environ.get(MODEL_ENV_VAR))  # loads, checks and warms up production
         self._decode_limiter: anyio.CapacityLimiter | None = None
         self._ready = True  # only reached once the model is loaded and warmed up
-        log.info("serving %s (%s), image size %d, threshold %.3f", self.tag, MODEL_REASON, IMAGE_SIZE,
-                 self.threshold)
+        production = self.live.production()
+        log.info("serving %s (%s), runtime %s, image size %d, threshold %.3f", production.tag,
+                 "pinned by $GLASSES_MODEL" if self.live.pin else "production in the registry, followed live",
+                 production.runtime, production.image_size, production.threshold)
 
     def __is_ready__(self) -> bool:
         return self._ready
 
     @bentoml.api(batchable=True, max_batch_size=SERVE_MAX_BATCH_SIZE, max_latency_ms=SERVE_MAX_LATENCY_MS)
     def infer(self, pixels: Pixels) -> np.ndarray:
-        """Batchable inference over decoded uint8 pixels (N, S, S, 3) -> P(glasses) (N,)."""
-        return self.classifier(pixels)
+        """Batchable inference over decoded uint8 pixels (N, S, S, 3) -> P(glasses) (N,), by production."""
+        return self.live.production().classifier(pixels)
 
     @bentoml.api(route="/predict", input_spec=ImageUpload)
     async def predict(self, ctx: bentoml.Context) -> Verdict:
-        """One image (multipart field `image`) -> its verdict."""
+        """One image (multipart field `image`) -> its verdict, from production unless the request asks
+        for a served alias or version with `?model=candidate|TAG` or the `X-Glasses-Model` header
+        (an unknown one is a 404)."""
         try:
             [upload] = await read_uploads(ctx.request, "image", max_files=1)
-            pixels = await self._decode(upload.data)
+            version = self._pick(ctx.request)
         except UploadError as exc:
             return _refuse(ctx, exc)
-        [probability] = await self._infer(ctx.request, pixels[np.newaxis])
-        return JSONResponse(verdict(probability, self.threshold, self.tag))
+        try:
+            pixels = (await self._decode(upload.data, version.image_size))[np.newaxis]
+            probabilities = await self.live.score(version, pixels, ctx.request.scope["app"])
+        except UploadError as exc:
+            return _refuse(ctx, exc)
+        finally:
+            self.live.done(version)
+        self.live.shadow(version, pixels, probabilities, [upload.data], self._decode, ctx.request.scope["app"])
+        return JSONResponse(verdict(probabilities[0], version.threshold, version.tag))
 
     @bentoml.api(route="/predict_batch", input_spec=ImagesUpload)
     async def predict_batch(self, ctx: bentoml.Context) -> list[Verdict]:
         """Several images (repeated field `images`) -> verdicts in input order; a bad item is
-        reported in its place as {"error", "status", "index", "filename"} and the others still run."""
+        reported in its place as {"error", "status", "index", "filename"} and the others still run.
+        `?model=` / `X-Glasses-Model` as for /predict."""
         try:
             uploads = await read_uploads(ctx.request, "images", max_files=MAX_BATCH_IMAGES)
+            version = self._pick(ctx.request)
         except UploadError as exc:
             return _refuse(ctx, exc)
         results: list[Any] = [None] * len(uploads)
 
         async def decode_one(i: int) -> None:
             try:
-                results[i] = await self._decode(uploads[i].data)
+                results[i] = await self._decode(uploads[i].data, version.image_size)
             except UploadError as exc:
                 results[i] = error_body(str(exc), exc.status, index=i, filename=uploads[i].filename)
 
-        async with anyio.create_task_group() as tg:
-            for i in range(len(uploads)):
-                tg.start_soon(decode_one, i)
-        good = [i for i, r in enumerate(results) if isinstance(r, np.ndarray)]
-        if good:
-            probabilities = await self._infer(ctx.request, np.stack([results[i] for i in good]))
-            for i, p in zip(good, probabilities):
-                results[i] = verdict(p, self.threshold, self.tag)
+        try:
+            async with anyio.create_task_group() as tg:
+                for i in range(len(uploads)):
+                    tg.start_soon(decode_one, i)
+            good = [i for i, r in enumerate(results) if isinstance(r, np.ndarray)]
+            if good:
+                pixels = np.stack([results[i] for i in good])
+                probabilities = await self.live.score(version, pixels, ctx.request.scope["app"])
+                self.live.shadow(version, pixels, probabilities, [uploads[i].data for i in good], self._decode,
+                                 ctx.request.scope["app"])
+                for i, p in zip(good, probabilities):
+                    results[i] = verdict(p, version.threshold, version.tag)
+        finally:
+            self.live.done(version)
         return JSONResponse(results)
 
-    async def _decode(self, data: bytes) -> np.ndarray:
+    def _pick(self, request: Request) -> Version:
+        """The version that answers this request (counted in flight until `live.done`)."""
+        try:
+            return self.live.pick(request.query_params.get("model") or request.headers.get(MODEL_HEADER))
+        except UnknownModel as exc:
+            raise UploadError(str(exc), status=404) from None
+
+    async def _decode(self, data: bytes, size: int) -> np.ndarray:
         """Strict decode in a worker thread (PIL releases the GIL while decoding and resizing)."""
         if self._decode_limiter is None:
             self._decode_limiter = anyio.CapacityLimiter(DECODE_THREADS)
-        return await anyio.to_thread.run_sync(decode_upload, data, IMAGE_SIZE, limiter=self._decode_limiter)
-
-    async def _infer(self, request: Request, pixels: np.ndarray) -> np.ndarray:
-        """Queue decoded pixels on the adaptive batching dispatcher of the `infer` API, in-process."""
-        if self._batch_infer is None:
-            self._batch_infer = batch_entry(request.scope["app"], "infer", greedy=SERVE_DISPATCH == "greedy")
-        return await self._batch_infer((pixels,), {})
+        return await anyio.to_thread.run_sync(decode_upload, data, size, limiter=self._decode_limiter)
 
 
 def _refuse(ctx: bentoml.Context, exc: UploadError) -> JSONResponse:

@@ -24,7 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from glasses.config import CLASS_MAP, IMAGE_SIZE, MODEL_FILE  # noqa: E402
+from glasses.config import CLASS_MAP, IMAGE_SIZE, LITERT_MODEL_FILE, MODEL_FILE  # noqa: E402
 from loadtests.server import QUIET_ENV, Server, bentoml_command, free_port  # noqa: E402  (free_port re-exported)
 
 BENTOML_BIN = Path(sys.executable).parent / "bentoml"
@@ -61,13 +61,27 @@ def build_model(seed: int = 0, image_size: int = IMAGE_SIZE) -> Any:
     return model
 
 
-def _register_here(seed: int, threshold: float, image_size: int, promote: bool, metrics: dict | None) -> dict:
-    """Create a model version in the current process's BentoML store (see `register_model`)."""
-    from glasses import preprocessing, registry
+VARIANTS = ("normal", "corrupt", "mismatched", "old-preprocessing")
+
+
+def _register_here(seed: int, threshold: float, image_size: int, promote: bool, metrics: dict | None,
+                   variant: str = "normal") -> dict:
+    """Create a model version in the current process's BentoML store (see `register_model`).
+
+    `variant`: "corrupt" truncates the stored model.keras, "mismatched" records a parity probe the
+    model does not reproduce (another model's file), "old-preprocessing" records another contract.
+    """
+    import numpy as np
+
+    from glasses import monitoring, preprocessing, registry
     from training import convert
 
     model = build_model(seed, image_size)
     conversion = convert.convert_checked(model, convert.generated_check_images(image_size))
+    probe = np.asarray(model(monitoring.probe_pixels(image_size).astype("float32") / 255.0)).reshape(-1)
+    if variant == "mismatched":
+        probe = np.asarray(build_model(seed + 1000, image_size)(
+            monitoring.probe_pixels(image_size).astype("float32") / 255.0)).reshape(-1)
     metadata = {
         "metrics": metrics if metrics is not None else {"accuracy": 0.5, "roc_auc": 0.5},
         "threshold": float(threshold),
@@ -80,14 +94,48 @@ def _register_here(seed: int, threshold: float, image_size: int, promote: bool, 
         "hyperparameters": {"architecture": "paper-cnn-random", "seed": seed},
         "profile": "test",
         "objective": "val_accuracy",
+        "parity_probe": [float(p) for p in probe],
+        "reference_distribution": {"counts": monitoring.reference_histogram(_reference_probabilities(model, image_size)),
+                                   "split": "test", "photos": 48},
         "litert": conversion.metadata(),
     }
     if not conversion.accepted:
         raise RuntimeError(conversion.reason)
-    tag = registry.save_version(model, metadata=metadata, labels={"stage": "test"}, litert=conversion.tflite)
+    if variant == "old-preprocessing":
+        metadata["preprocessing_version"] = "an-older-contract"
+    tag = registry.save_version(model, metadata=metadata, labels={"stage": "test", "variant": variant},
+                                litert=conversion.tflite)
+    if variant == "corrupt":  # both runtimes' files, whichever the service loads
+        for name in (MODEL_FILE, LITERT_MODEL_FILE):
+            path = Path(registry.get_model(tag).path_of(name))
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
     if promote:
         registry.promote(tag)
     return {"tag": tag, "model_file": registry.get_model(tag).path_of(MODEL_FILE)}
+
+
+def _reference_probabilities(model: Any, image_size: int) -> Any:
+    """P(glasses) of the test model on 48 synthetic faces (its "test split" for the drift reference)."""
+    import numpy as np
+
+    from _fixtures import face_image
+
+    faces = [np.asarray(face_image(seed, seed % 3 == 0, image_size)) for seed in range(48)]
+    return np.asarray(model(np.stack(faces).astype("float32") / 255.0)).reshape(-1)
+
+
+def register_models(home: Path, specs: list[dict]) -> list[str]:
+    """Register several test versions in one subprocess (one TensorFlow import); their tags in order.
+
+    Each spec takes the keyword arguments of `register_model` ("seed", "threshold", "image_size",
+    "promote", "metrics") and "variant" (see `_register_here`); promote defaults to False here.
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "register", "--home", str(home), "--specs", json.dumps(specs)]
+    out = subprocess.run(cmd, env=_env(home), capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    if out.returncode != 0:
+        raise RuntimeError(f"registering test models failed:\n{out.stderr[-3000:]}")
+    return [json.loads(line)["tag"] for line in out.stdout.strip().splitlines()[-len(specs):]]
 
 
 def register_model(
@@ -192,11 +240,15 @@ def main(argv: list[str] | None = None) -> int:
     reg.add_argument("--image-size", type=int, default=IMAGE_SIZE)
     reg.add_argument("--no-promote", action="store_true")
     reg.add_argument("--metrics", type=json.loads, default=None)
+    reg.add_argument("--specs", type=json.loads, default=None, help="JSON list of versions (register_models)")
     args = parser.parse_args(argv)
     if os.environ.get("BENTOML_HOME") != str(args.home):  # bentoml reads it once, at import
         os.execve(sys.executable, [sys.executable, *sys.argv], _env(args.home))
-    info = _register_here(args.seed, args.threshold, args.image_size, not args.no_promote, args.metrics)
-    print(json.dumps(info))
+    for spec in args.specs or [{"seed": args.seed, "threshold": args.threshold, "image_size": args.image_size,
+                                "promote": not args.no_promote, "metrics": args.metrics}]:
+        info = _register_here(spec.get("seed", 0), spec.get("threshold", 0.5), spec.get("image_size", IMAGE_SIZE),
+                              spec.get("promote", False), spec.get("metrics"), spec.get("variant", "normal"))
+        print(json.dumps(info))
     return 0
 
 

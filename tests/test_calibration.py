@@ -10,7 +10,8 @@ import pytest
 
 from glasses import calibration as cal
 from training.calibrate import DIAGRAM_FILE
-from training.evaluate import REPORT_FILE, evaluate, roc_auc, served_predictor
+from training.evaluate import evaluate, roc_auc, served_predictor
+from training.rundir import REPORT_FILE
 
 from _training import tiny_manifest
 

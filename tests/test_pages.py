@@ -65,8 +65,8 @@ def test_openapi_documents_every_route_and_hides_infer_as_internal(spec):
 
 def test_openapi_error_responses_are_the_real_ones(server, spec):
     paths = spec["paths"]
-    expected = {"/predict": {"200", "400", "408", "413", "415", "422", "503"},
-                "/predict_batch": {"200", "400", "408", "413", "415", "503"},
+    expected = {"/predict": {"200", "400", "404", "408", "413", "415", "422", "503"},
+                "/predict_batch": {"200", "400", "404", "408", "413", "415", "503"},
                 "/explain": {"200", "400", "408", "413", "415", "422", "429", "503"}}
     for path, codes in expected.items():
         responses = paths[path]["post"]["responses"]
@@ -80,6 +80,7 @@ def test_openapi_error_responses_are_the_real_ones(server, spec):
     assert str(SERVE_MAX_LATENCY_MS) in paths["/predict"]["post"]["responses"]["503"]["description"]
     # what the document says is what the service sends
     for path, files, status in (("/predict", {"image": ("x.txt", b"text")}, 422),
+                                ("/predict?model=nope", {"image": ("x.txt", b"text")}, 404),
                                 ("/predict_batch", {"photo": ("x.txt", b"text")}, 400),
                                 ("/explain", {"image": ("x.txt", b"text")}, 422)):
         body = requests.post(f"{server.url}{path}", files=files, timeout=30).json()

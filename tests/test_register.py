@@ -176,3 +176,40 @@ def test_export_import_round_trip_and_bentoml_cli_sees_the_store(store, manifest
                             capture_output=True, text=True, timeout=120)
     assert listed.returncode == 0, listed.stderr[-2000:]
     assert result.tag in listed.stdout
+
+
+def _renamed_source(base: Path) -> Path:
+    """A tiny folders: source whose photos (ids) are not the module manifest's: same faces, other names."""
+    from _fixtures import make_folders
+
+    root = make_folders(base / "other-faces", n_glasses=24, n_no_glasses=40, persons=16, image_size=64)
+    for path in sorted(root.rglob("*-0*.*")):
+        path.rename(path.with_name(f"other-{path.name}"))
+    lines = (root / "labels.csv").read_text().splitlines()
+    rows = [lines[0]] + [line.replace("/", "/other-", 1) for line in lines[1:]]
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_promotion_rescores_both_on_the_same_photos_when_test_sets_differ(store, manifest, tmp_path):
+    from training.compare import compare
+    from training.prepare import prepare
+
+    production = small_model(1)
+    first = register(write_run_dir(tmp_path / "a", production, manifest, metrics={"roc_auc": 0.99}))
+    source = _renamed_source(tmp_path)
+    other = prepare(f"folders:{source}", size=64, work_dir=manifest.parents[2], progress=False).manifest_path
+    assert manifest_hash(other) != manifest_hash(manifest)
+
+    inverted = small_model(1)  # sigmoid(-z) = 1 - P: on any photos exactly one of the two is the better
+    kernel, bias = inverted.layers[-1].get_weights()
+    inverted.layers[-1].set_weights([-kernel, -bias])
+    result = register(write_run_dir(tmp_path / "b", inverted, other, metrics={"roc_auc": 0.999}))
+    rescored = compare([first.tag, result.tag], f"folders:{source}", work_dir=manifest.parents[2])
+    base, new = (v["metrics"]["roc_auc"] for v in rescored["versions"])
+    assert result.promoted == (new >= base) and f"re-scored on the same {rescored['photos']} test photos" in result.why
+    assert registry.promoted_tag() == (result.tag if new >= base else first.tag)
+
+    registry.promote(first.tag)  # the same weights evaluated on other photos, claiming less: still promoted
+    same = register(write_run_dir(tmp_path / "c", production, other, metrics={"roc_auc": 0.51}))
+    assert same.promoted and registry.promoted_tag() == same.tag, same.why

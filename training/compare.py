@@ -119,6 +119,35 @@ def compare(tags: list[str], source: str, *, split: str = "test", work_dir: str 
             "baseline": base["tag"], "versions": rows}
 
 
+def promotion_decision(tag: str, gate, source: str | None, work_dir: str | Path = WORK_DIR) -> tuple[bool, str]:
+    """(promote?, why in one line) for a freshly registered version that passed the quality gate.
+
+    The gate compares stored metrics only when production was tested on the same split manifest.
+    Otherwise both versions are re-scored here on the new version's test photos, and it is promoted
+    only if its gate metric is not below production's on those same photos; when that cannot be
+    done, it is not promoted.
+    """
+    if gate.promoted_tag is None:
+        return True, "no production version yet"
+    if gate.promoted_value is not None:
+        return True, gate.reason  # same test manifest: the gate already compared them
+    if not source:
+        return False, f"production {gate.promoted_tag} was tested on other photos and this run records no source to re-score both on"
+    try:
+        report = compare([gate.promoted_tag, tag], source, work_dir=work_dir)
+    except (UserError, ValueError, OSError) as exc:  # registered either way: only promotion is at stake
+        return False, f"production {gate.promoted_tag} was tested on other photos and cannot be re-scored on this run's: {exc}"
+    base, new = (v["metrics"].get(gate.metric) for v in report["versions"])
+    same = f"re-scored on the same {report['photos']} test photos of {source}"
+    if new is None or base is None or new < base:
+        return False, f"{same}: {gate.metric} {_num(new)} is below production {gate.promoted_tag}'s {_num(base)}"
+    return True, f"{same}: {gate.metric} {new:.4f} >= production {gate.promoted_tag}'s {base:.4f}"
+
+
+def _num(v: float | None) -> str:
+    return "undefined" if v is None else f"{v:.4f}"
+
+
 def format_comparison(report: dict) -> str:
     """A plain-text table: one column per version, the baseline first."""
     versions = report["versions"]

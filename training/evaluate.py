@@ -23,6 +23,7 @@ import numpy as np
 from glasses.calibration import apply as apply_calibration
 from glasses.config import BATCH_SIZE, CLASS_NAMES, DEFAULT_THRESHOLD, POSITIVE_CLASS
 from glasses.files import check_keras_file, file_sha256, load_keras_model
+from glasses.monitoring import reference_histogram
 from glasses.preprocessing import rescale
 from training.calibrate import DIAGRAM_FILE, calibration_report, plot_reliability
 from training.cli import UserError
@@ -194,6 +195,8 @@ def evaluate(
         "class_names": list(CLASS_NAMES),
         "threshold": {"value": value, "method": method},
         "metrics": binary_metrics(test_true, test_prob, value),
+        "reference_distribution": {"split": "test", "photos": len(test_true),
+                                   "counts": reference_histogram(test_prob)},  # the service's drift baseline
         "validation_metrics": binary_metrics(val_true, val_prob, value) if len(val_true) else None,
         "calibration": fitted,
         "ece": ece,

@@ -10,7 +10,9 @@
       -> LiteRT conversion (training/convert.py), checked against Keras on the test photos: model.tflite
          beside model.keras when max |dp| <= 1e-5, else refused in one line (the version serves on TF)
       -> glasses.registry.save_version (all or nothing) with lineage metadata and labels
-      -> promote (glasses.registry.promote) unless told not to
+      -> promote (the production alias) unless told not to, and only if it is not below production
+         on the same photos: when production was tested on another manifest, both are re-scored on
+         this run's test photos (training/compare.py: promotion_decision), else it is not promoted
 
 Managing the stored versions is `glasses-train registry` (training/registry_cli.py).
 """
@@ -57,6 +59,7 @@ class RegisterResult:
     promoted: bool
     forced: bool
     gate: GateDecision
+    why: str = ""  # why it was (not) promoted, in one line
     litert: str = ""  # one line: the LiteRT conversion accepted or refused, and why
     litert_accepted: bool = False
 
@@ -137,7 +140,8 @@ def check_gate(metrics: dict, manifest_hash: str, *, metric: str, floor: float) 
 # --- registration -------------------------------------------------------------------------------
 
 
-def build_metadata(summary: dict, report: dict, profile: TuningProfile, *, gate: GateDecision, forced: bool) -> dict:
+def build_metadata(summary: dict, report: dict, profile: TuningProfile, *, gate: GateDecision, forced: bool,
+                   probe: list[float] | None = None) -> dict:
     """Everything the registry records about a model (lineage, metrics, settings, environment)."""
     metrics = dict(report["metrics"])
     return _clean({
@@ -171,6 +175,8 @@ def build_metadata(summary: dict, report: dict, profile: TuningProfile, *, gate:
         "split_manifest_path": report["manifest_path"],
         "data_exclusions": manifest_exclusions(report["manifest_path"]),  # exclusion files: path, sha256, removed
         "image_size": report["image_size"],
+        "reference_distribution": report.get("reference_distribution"),  # the service's drift baseline
+        "parity_probe": probe,  # the service refuses a version that does not reproduce it
         "preprocessing_version": PREPROCESSING_VERSION,
         "class_map": dict(CLASS_MAP),
         "class_names": list(CLASS_NAMES),
@@ -202,6 +208,7 @@ def register(run_dir: str | Path, *, force: bool = False, promote: bool = True) 
     """
     from glasses import registry
     from glasses.files import load_keras_model
+    from glasses.monitoring import record_probe
     from training import convert
     from training.report import PREDICTIONS_FILE, REPORT_HTML
 
@@ -212,7 +219,8 @@ def register(run_dir: str | Path, *, force: bool = False, promote: bool = True) 
     if not gate.passed and not force:
         raise UserError(f"quality gate refused the model: {gate.reason} (use --force to register anyway)")
     model = load_keras_model(run.model)
-    metadata = build_metadata(summary, report, profile, gate=gate, forced=force and not gate.passed)
+    metadata = build_metadata(summary, report, profile, gate=gate, forced=force and not gate.passed,
+                              probe=record_probe(model, int(report["image_size"])))
     photos = convert.test_pixels(report["manifest_path"])
     conversion = convert.convert_checked(model, convert.check_images(photos, int(report["image_size"])))
     metadata["litert"] = conversion.metadata()
@@ -228,9 +236,15 @@ def register(run_dir: str | Path, *, force: bool = False, promote: bool = True) 
     tag = registry.save_version(model, metadata=metadata, labels=labels, litert=conversion.tflite, files=kept)
     run.write_json(run.registered, {"tag": tag, "gate": gate.as_dict()})
     forced = force and not gate.passed
+    promoted, why = False, "forced past the gate" if forced else "--no-promote"
     if promote and not forced:
-        registry.promote(tag)
-    return RegisterResult(tag=tag, promoted=promote and not forced, forced=forced, gate=gate,
+        from training.compare import promotion_decision
+
+        promoted, why = promotion_decision(tag, gate, summary.get("data_source"),
+                                           Path(summary["manifest_path"]).parents[2])
+    if promoted:
+        registry.promote(tag, note=f"register --run-dir {run.name}: {why}")
+    return RegisterResult(tag=tag, promoted=promoted, forced=forced, gate=gate, why=why,
                           litert=conversion.reason, litert_accepted=conversion.accepted)
 
 
@@ -261,8 +275,8 @@ def _register_cli(args) -> int:
     result = register(args.run_dir, force=args.force, promote=not args.no_promote)
     print(f"registered {result.tag} in {registry.store_dir()} ({result.gate.reason}{'; FORCED' if result.forced else ''})")
     print(result.litert, file=sys.stdout if result.litert_accepted else sys.stderr)
-    print(f"promoted: {'yes' if result.promoted else 'no'}"
-          + (f" (forced past the gate: `glasses-train registry promote {result.tag}` to serve it)" if result.forced else ""))
+    print(f"promoted: {'yes' if result.promoted else 'no'} ({result.why})"
+          + (f"; `glasses-train registry promote {result.tag}` to serve it" if not result.promoted else ""))
     return 0
 
 
