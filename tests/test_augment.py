@@ -66,7 +66,7 @@ def test_profiles_name_existing_augmentations():
     from glasses.config import TUNING_PROFILES
     from training.fitting import resolve_augment
 
-    names = {p.get("augment") for p in TUNING_PROFILES.values()} - {None}
+    names = {p.augment for p in TUNING_PROFILES.values()} - {None}
     assert "celeba" in names
     for name in names:
         assert callable(resolve_augment(name))
