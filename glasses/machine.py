@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 
 # CPU flags (as /proc/cpuinfo spells them) that change which kernels TensorFlow can use.
@@ -15,24 +16,49 @@ ML_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_ti
 # TensorFlow's default on Linux x86: oneDNN custom ops on for CPUs with any of these (seen on AMD EPYC too).
 ONEDNN_DEFAULT_FLAGS = ("avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile")
 
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 flags that make bf16 matmul/conv native (oneDNN uses them)
+AMX_FLAGS = ("amx_bf16", "amx_tile")
+CPUINFO = Path("/proc/cpuinfo")
 
-def _cpuinfo() -> dict[str, str]:
-    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
-    path = Path("/proc/cpuinfo")
-    fields: dict[str, str] = {}
-    if not path.exists():
-        return fields
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            break
+
+@dataclass(frozen=True)
+class CpuInfo:
+    """The CPU as /proc/cpuinfo names it, and the instruction-set flags training cares about."""
+
+    model: str
+    cores: int
+    flags: frozenset[str]
+
+    @property
+    def bf16(self) -> bool:
+        return any(f in self.flags for f in BF16_FLAGS)
+
+    @property
+    def amx(self) -> bool:
+        return any(f in self.flags for f in AMX_FLAGS)
+
+
+def parse_cpuinfo(text: str) -> CpuInfo:
+    """CpuInfo from the text of /proc/cpuinfo (x86 `flags`, Arm `Features`)."""
+    model, flags, cores = "unknown CPU", set(), 0
+    for line in text.splitlines():
         key, _, value = line.partition(":")
-        fields[key.strip()] = value.strip()
-    return fields
+        key = key.strip().lower()
+        if key in ("model name", "hardware") and model == "unknown CPU":
+            model = value.strip() or model
+        elif key in ("flags", "features") and not flags:
+            flags = set(value.split())
+        elif key == "processor":
+            cores += 1
+    return CpuInfo(model=model, cores=cores or (os.cpu_count() or 1), flags=frozenset(flags))
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (lower case; empty off Linux)."""
-    return set(_cpuinfo().get("flags", "").split())
+def cpu_info(path: Path = CPUINFO) -> CpuInfo:
+    """This machine's CpuInfo (unknown model and no flags where /proc/cpuinfo is absent)."""
+    try:
+        return parse_cpuinfo(path.read_text())
+    except OSError:
+        return CpuInfo(model="unknown CPU", cores=os.cpu_count() or 1, flags=frozenset())
 
 
 def onednn_path(flags: set[str], env: str | None) -> str:
@@ -46,13 +72,12 @@ def onednn_path(flags: set[str], env: str | None) -> str:
 
 def describe() -> dict:
     """CPU model, cores, ML flags present, oneDNN path, Python version, host and load average."""
-    info = _cpuinfo()
-    flags = set(info.get("flags", "").split())
+    cpu = cpu_info()
     return {
-        "cpu": info.get("model name") or platform.processor() or platform.machine(),
+        "cpu": cpu.model if cpu.model != "unknown CPU" else platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
-        "ml_flags": [f for f in ML_FLAGS if f in flags],
-        "onednn": onednn_path(flags, os.environ.get("TF_ENABLE_ONEDNN_OPTS")),
+        "ml_flags": [f for f in ML_FLAGS if f in cpu.flags],
+        "onednn": onednn_path(set(cpu.flags), os.environ.get("TF_ENABLE_ONEDNN_OPTS")),
         "python": platform.python_version(),
         "host": platform.node(),
         "loadavg": [round(x, 2) for x in os.getloadavg()],

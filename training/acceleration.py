@@ -19,7 +19,6 @@ import contextlib
 import os
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Iterator
 
 from glasses.config import (
@@ -29,30 +28,11 @@ from glasses.config import (
     TRAIN_PRECISION,
     TRAIN_STEPS_PER_EXECUTION,
 )
+from glasses.machine import BF16_FLAGS, CpuInfo, cpu_info, parse_cpuinfo  # noqa: F401 (parse_cpuinfo: tests)
 from training.cli import UserError
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16")
 JIT_SETTINGS = ("auto", "on", "off")
-BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 flags that make bf16 matmul/conv native (oneDNN uses them)
-AMX_FLAGS = ("amx_bf16", "amx_tile")
-CPUINFO = Path("/proc/cpuinfo")
-
-
-@dataclass(frozen=True)
-class CpuInfo:
-    """The CPU as /proc/cpuinfo names it, and the instruction-set flags training cares about."""
-
-    model: str
-    cores: int
-    flags: frozenset[str]
-
-    @property
-    def bf16(self) -> bool:
-        return any(f in self.flags for f in BF16_FLAGS)
-
-    @property
-    def amx(self) -> bool:
-        return any(f in self.flags for f in AMX_FLAGS)
 
 
 @dataclass(frozen=True)
@@ -72,29 +52,6 @@ class Plan:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def parse_cpuinfo(text: str) -> CpuInfo:
-    """CpuInfo from the text of /proc/cpuinfo (x86 `flags`, Arm `Features`)."""
-    model, flags, cores = "unknown CPU", set(), 0
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip().lower()
-        if key in ("model name", "hardware") and model == "unknown CPU":
-            model = value.strip() or model
-        elif key in ("flags", "features") and not flags:
-            flags = set(value.split())
-        elif key == "processor":
-            cores += 1
-    return CpuInfo(model=model, cores=cores or (os.cpu_count() or 1), flags=frozenset(flags))
-
-
-def cpu_info(path: Path = CPUINFO) -> CpuInfo:
-    """This machine's CpuInfo (unknown model and no flags where /proc/cpuinfo is absent)."""
-    try:
-        return parse_cpuinfo(path.read_text())
-    except OSError:
-        return CpuInfo(model="unknown CPU", cores=os.cpu_count() or 1, flags=frozenset())
 
 
 def choose_precision(setting: str, cpu: CpuInfo, onednn: bool) -> tuple[str, str]:
