@@ -166,7 +166,7 @@ def service_spec(service: Any, card: dict) -> dict[str, Any]:
                                 f"serving model `{card['tag']}` at threshold {card['threshold']:.4f}. "
                                 f"P(glasses) is `probability`; the verdict is `glasses` when it reaches the threshold.",
                  "x-served-model": card["tag"]},
-        "servers": [{"url": "."}],
+        "servers": [{"url": ".", "description": "this server (paths relative to this page)"}],
         "tags": [{"name": "verdicts"}, {"name": "model"}, {"name": "pages"}, {"name": "Infrastructure"},
                  {"name": "internal", "description": "not for clients: may change without notice"}],
         "paths": paths,
