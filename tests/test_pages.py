@@ -50,7 +50,7 @@ def test_openapi_title_and_version_mean_something(spec):
     assert "BentoML" not in str(info)
 
 
-def test_openapi_documents_every_route_and_hides_infer_as_internal(spec):
+def test_openapi_documents_every_route_and_sets_infer_apart(spec):
     paths = spec["paths"]
     assert {"/predict", "/predict_batch", "/explain", "/model", "/infer", "/readyz"} <= set(paths)
     assert list(paths)[0] == "/predict"
