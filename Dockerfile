@@ -57,6 +57,9 @@ print('\n'.join(p['dependencies']))" >/tmp/requirements.txt \
 COPY bentofile.yaml ./
 COPY glasses/ glasses/
 COPY service/ service/
+# Bytecode compiled now: the server user cannot write /app, so without it both processes of `bentoml
+# serve` (the CLI and the worker) would compile every module of glasses/ and service/ at each start.
+RUN python -m compileall -q -j 0 glasses service
 
 # The model, imported into the image's BentoML store and promoted with the project's registry code.
 # The archive is bind-mounted, never copied into a layer. Model files stay root-owned (read-only to
