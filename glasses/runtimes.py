@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from glasses import calibration, preprocessing
+from glasses import calibration, preprocessing, quiet
 from glasses.config import (
     IMAGE_SIZE,
     LITERT_MAX_BATCH,
@@ -108,7 +108,9 @@ class LiteRTClassifier(_WarmUp):
 
         self.image_size, self._model = image_size, model
         source = {"model_content": model} if isinstance(model, bytes) else {"model_path": str(model)}
-        self._interpreter = Interpreter(**source, num_threads=threads)
+        with quiet.muted_stderr():  # LiteRT announces its XNNPACK delegate on stderr at the first allocation
+            self._interpreter = Interpreter(**source, num_threads=threads)
+            self._interpreter.allocate_tensors()
         [inp] = self._interpreter.get_input_details()
         [out] = self._interpreter.get_output_details()
         _check_shape(tuple(int(d) if d >= 0 else None for d in inp["shape_signature"]), image_size)
