@@ -66,7 +66,8 @@ from glasses.config import (
     SERVE_THREADS,
     SERVE_WORKERS,
 )
-from glasses.registry import RegistryError, model_card, resolve, store_dir
+from glasses.cards import model_card
+from glasses.registry import RegistryError, resolve, store_dir
 from service import pages
 from service.inference import UploadError, decode_upload, verdict
 from service.limits import install_head_timeout
