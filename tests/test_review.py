@@ -257,3 +257,12 @@ def test_features_go_through_the_models_own_preprocessing(standardize):
     assert features.shape == (3, dense.input.shape[-1])
     expected = model.predict(photos.astype(np.float32) / 255.0, verbose=0).ravel()
     np.testing.assert_allclose(keras.ops.convert_to_numpy(dense(features)).ravel(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_the_committed_celeba_review_list_is_an_exclusion_file():
+    """glasses/data/excluded-celeba-review.txt: folder paths (class/file), readable by prepare --exclude."""
+    from training.exclusions import read_exclusion_file
+
+    listed = read_exclusion_file(REPO / "glasses" / "data" / "excluded-celeba-review.txt")
+    assert len(listed.ids) == 7
+    assert all(i.split("/")[0] in ("glasses", "no_glasses") and i.endswith(".jpg") for i in listed.ids)
