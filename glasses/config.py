@@ -279,6 +279,12 @@ EXPLAIN_MAX_SIDE = 512
 EXPLAIN_CONCURRENCY = 1
 EXPLAIN_QUEUE = 2
 EXPLAIN_WAIT_S = 10.0
+# Which classifier /explain runs: "own" = a replica of the served version (LiteRT: a second interpreter
+# with EXPLAIN_THREADS threads, so /predict's batches never wait for its lock); "shared" = the batches'
+# own classifier (kept only so benchmarks/bench_explain.py can measure the difference in one run).
+EXPLAIN_RUNTIME = os.environ.get("GLASSES_EXPLAIN_RUNTIME", "own")
+EXPLAIN_RUNTIMES = ("own", "shared")
+EXPLAIN_THREADS = 1
 
 # --- prepare (training/prepare.py, sources.py, cache.py, split.py) ------------------------------
 CACHE_SUBDIR = "cache"  # WORK_DIR/cache/<kind>-<size>-<fingerprint[:16]>/

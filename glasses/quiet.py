@@ -9,6 +9,9 @@ does not hide them because they come before logging is set up. So, once per proc
   (stderr written by any thread in those seconds is lost; Python errors raised by the import are not);
 - lowers the Python loggers and warnings of those packages to errors.
 
+LiteRT also prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." when its first interpreter
+allocates: glasses.runtimes.LiteRTClassifier builds and allocates inside `muted_stderr()` (a few ms).
+
 Importing `glasses` calls `install()`, so every entry point of this repository is quiet by default.
 """
 

@@ -8,8 +8,10 @@
                   registration, only when it matches Keras within LITERT_TOLERANCE), else tf
 
 Every classifier maps uint8 pixels (N, S, S, 3) to float32 P(glasses) (N,) and has `runtime`,
-`image_size` and `warm_up`. TensorFlow and Keras are imported only by the tf runtime, so a process
-serving LiteRT never loads them (the container has no TensorFlow at all).
+`image_size`, `warm_up` and `replica` (a classifier of the same model that a second caller can run
+without waiting for this one: LiteRT builds another interpreter; TensorFlow's is already concurrent).
+TensorFlow and Keras are imported only by the tf runtime, so a process serving LiteRT never loads
+them (the container has no TensorFlow at all).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from glasses import calibration, preprocessing
+from glasses import calibration, preprocessing, quiet
 from glasses.config import (
     IMAGE_SIZE,
     LITERT_MAX_BATCH,
@@ -44,6 +46,8 @@ class Classifier(Protocol):
     def __call__(self, pixels: np.ndarray) -> np.ndarray: ...
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1, 8, 64)) -> None: ...
+
+    def replica(self, threads: int = LITERT_THREADS) -> "Classifier": ...
 
 
 class _WarmUp:
@@ -85,11 +89,16 @@ class TFClassifier(_WarmUp):
         """uint8 (N, S, S, 3) -> float32 P(glasses) (N,)."""
         return self._probabilities(pixels).numpy()
 
+    def replica(self, threads: int = LITERT_THREADS) -> "TFClassifier":
+        """This classifier itself: calls from several threads already run concurrently (no lock)."""
+        return self
+
 
 class LiteRTClassifier(_WarmUp):
     """A .tflite model on one LiteRT interpreter; batches over LITERT_MAX_BATCH run in chunks.
 
-    The interpreter is not thread-safe: calls (the batch dispatcher's, /explain's) take turns per chunk.
+    The interpreter is not thread-safe: calls take turns per chunk. A caller that must not wait behind
+    another (/explain beside the batch dispatcher) runs its own `replica()`.
     """
 
     runtime = "litert"
@@ -97,9 +106,11 @@ class LiteRTClassifier(_WarmUp):
     def __init__(self, model: Path | bytes, image_size: int, threads: int = LITERT_THREADS) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
-        self.image_size = image_size
+        self.image_size, self._model = image_size, model
         source = {"model_content": model} if isinstance(model, bytes) else {"model_path": str(model)}
-        self._interpreter = Interpreter(**source, num_threads=threads)
+        with quiet.muted_stderr():  # LiteRT announces its XNNPACK delegate on stderr at the first allocation
+            self._interpreter = Interpreter(**source, num_threads=threads)
+            self._interpreter.allocate_tensors()
         [inp] = self._interpreter.get_input_details()
         [out] = self._interpreter.get_output_details()
         _check_shape(tuple(int(d) if d >= 0 else None for d in inp["shape_signature"]), image_size)
@@ -113,6 +124,10 @@ class LiteRTClassifier(_WarmUp):
         x = preprocessing.rescale(np.asarray(pixels))
         parts = [self._run(x[i:i + LITERT_MAX_BATCH]) for i in range(0, len(x), LITERT_MAX_BATCH)]
         return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
+
+    def replica(self, threads: int = LITERT_THREADS) -> "LiteRTClassifier":
+        """Another interpreter (and lock) on the same model, with `threads` XNNPACK threads."""
+        return LiteRTClassifier(self._model, self.image_size, threads)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         with self._lock:
@@ -180,6 +195,10 @@ class CalibratedClassifier(_WarmUp):
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 (N, S, S, 3) -> float32 calibrated P(glasses) (N,)."""
         return calibration.apply(self.raw(pixels), self.calibration)
+
+    def replica(self, threads: int = LITERT_THREADS) -> "CalibratedClassifier":
+        """The raw runtime's replica, through the same calibration."""
+        return CalibratedClassifier(self.raw.replica(threads), self.calibration)
 
 
 def load_classifier(bento_model_or_path: Any, runtime: str = "auto", image_size: int | None = None) -> Classifier:

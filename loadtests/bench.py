@@ -54,6 +54,7 @@ from glasses.config import (
 )
 from glasses.machine import describe
 from glasses.runtimes import available_runtimes
+from loadtests.answers import predict_answer_error
 from loadtests.images import Upload, check_uploads, generate_images, load_images, multipart_body
 from loadtests.run import run_locust
 from loadtests.server import Server, bentoml_command, free_port
@@ -130,8 +131,9 @@ class Ceiling:
                 "decode_threads": threads, "runtime": self.runtime}
 
 
-def batch1_latency(url: str, uploads: list[Upload], n: int) -> dict:
-    """`n` single-image POST /predict requests one after another (keep-alive): p50/p95 ms of the 200s."""
+def batch1_latency(url: str, uploads: list[Upload], n: int, answer: str = "object") -> dict:
+    """`n` single-image POST /predict requests one after another (keep-alive): p50/p95 ms of the
+    correct answers (200 and a verdict in the server's `answer` shape, loadtests/answers.py)."""
     import requests
 
     bodies = [multipart_body("image", [up]) for up in uploads[:n]]
@@ -141,7 +143,7 @@ def batch1_latency(url: str, uploads: list[Upload], n: int) -> dict:
             body, content_type = bodies[i % len(bodies)]
             start = time.perf_counter()
             resp = session.post(f"{url}/predict", data=body, headers={"Content-Type": content_type}, timeout=30)
-            if i >= 3 and resp.status_code == 200:
+            if i >= 3 and resp.status_code == 200 and predict_answer_error(resp.json(), answer) is None:
                 latencies.append(1000 * (time.perf_counter() - start))
     return {"requests": n, "ok": len(latencies), "p50_ms": float(np.percentile(latencies, 50)) if latencies else None,
             "p95_ms": float(np.percentile(latencies, 95)) if latencies else None}
@@ -159,20 +161,23 @@ def adaptive_batches(url: str) -> tuple[float, float] | None:
 
 
 def measure_http(server: Server, images: Path, uploads: list[Upload], out: Path, name: str, users: int,
-                 seconds: float, warmup: float) -> dict:
+                 seconds: float, warmup: float, answer: str = "object") -> dict:
     """Saturating single-image /predict load from locust (subprocess); successful req/s and latencies.
+
+    A request succeeds when it gets 200 and a verdict in the shape this server answers (`answer`).
 
     Also the server's CPU ms per request (its whole process tree, over the measured run), the load
     generator's own CPU use (cores busy during the test), the mean adaptive batch (service only) and
     batch-1 latency measured before and right after the load.
     """
-    common = dict(users=users, spawn_rate=users, think_ms=0, images=images, user_classes=("PredictUser",))
+    common = dict(users=users, spawn_rate=users, think_ms=0, images=images, user_classes=("PredictUser",),
+                  predict_answer=answer)
     run_locust(server.url, out, f"{name}-warmup", run_time=warmup, html=False, **common)
-    before = batch1_latency(server.url, uploads, LATENCY_REQUESTS)
+    before = batch1_latency(server.url, uploads, LATENCY_REQUESTS, answer)
     batches0, cpu0 = adaptive_batches(server.url), server.cpu_seconds()
     run = run_locust(server.url, out, name, run_time=seconds, **common)
     server_cpu, batches1 = server.cpu_seconds() - cpu0, adaptive_batches(server.url)
-    after = batch1_latency(server.url, uploads, LATENCY_REQUESTS)
+    after = batch1_latency(server.url, uploads, LATENCY_REQUESTS, answer)
     row = next((s for s in run.stats if s.name == "/predict"), None)
     if row is None or row.requests == 0:
         raise RuntimeError(f"no /predict requests recorded for {name}; see {run.csv_prefix}.log")
@@ -189,14 +194,16 @@ def measure_http(server: Server, images: Path, uploads: list[Upload], out: Path,
 
 
 def http_targets(home: str, tag: str, model_file: Path, service_env: dict) -> dict:
-    """name -> (command(port), extra environment) of each server compared, in the order they run."""
+    """name -> (command(port), extra environment, answer shape) of each server compared, in the order
+    they run. The answer shape is what a correct /predict answer of that server looks like
+    (loadtests/answers.py): the peer's batchable API over list[PIL.Image] answers a list of one."""
     store = {"BENTOML_HOME": home, "GLASSES_MODEL": tag}
     return {
-        "service": (bentoml_command, {**store, **service_env}),
-        "peer": (lambda port: bentoml_command(port, ("loadtests.idiomatic_app:IdiomaticService",)), store),
+        "service": (bentoml_command, {**store, **service_env}, "object"),
+        "peer": (lambda port: bentoml_command(port, ("loadtests.idiomatic_app:IdiomaticService",)), store, "list"),
         "naive": (lambda port: [sys.executable, "-m", "uvicorn", "loadtests.naive_app:app", "--host", "127.0.0.1",
                                 "--port", str(port), "--log-level", "warning"],
-                  {"GLASSES_NAIVE_MODEL": str(model_file)}),
+                  {"GLASSES_NAIVE_MODEL": str(model_file)}, "object"),
     }
 
 
@@ -244,7 +251,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             report["kinds"][kind] = {"label": KIND_LABELS.get(kind, kind), "files": len(uploads[kind]),
                                      "mean_bytes": int(np.mean([len(u.data) for u in uploads[kind]]))}
         measure_ceilings()
-        for target, (command, env) in http_targets(home, tag, model_file, args.service_env).items():
+        for target, (command, env, answer) in http_targets(home, tag, model_file, args.service_env).items():
             port = free_port()
             log(f"starting {target} on 127.0.0.1:{port} ...")
             with Server(command(port), port, env=env) as server:
@@ -252,7 +259,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                 for kind, folder in kinds.items():
                     log(f"{target} {kind}: {args.users} users x {args.seconds:g}s ...")
                     report["kinds"][kind][target] = measure_http(server, folder, uploads[kind], out, f"{target}-{kind}",
-                                                                 args.users, args.seconds, args.warmup)
+                                                                 args.users, args.seconds, args.warmup, answer)
         measure_ceilings()
     for kind, res in report["kinds"].items():
         res["kind"] = kind

@@ -3,7 +3,9 @@
     locust -f loadtests/locustfile.py --host http://127.0.0.1:3000 [--images DIR] [--think-ms 100]
 
 Users (weights = share of simulated users):
-- PredictUser (10): POST /predict, one image (multipart field `image`), expects a verdict;
+- PredictUser (10): POST /predict, one image (multipart field `image`), expects a verdict, in the
+  shape `--predict-answer` names (loadtests/answers.py: "object", or "list" of one for a batchable
+  API over a list of images, as the benchmark's BentoML-idiomatic peer answers);
 - BatchUser (3): POST /predict_batch, BATCH_IMAGES images (repeated field `images`), expects one
   verdict each;
 - BadUploadUser (exactly 1 user, 5x the think time): POST /predict with a bad upload (text, empty,
@@ -28,6 +30,7 @@ import locust.stats
 from locust import FastHttpUser, events, task
 
 from glasses.config import LOADTEST_DIR
+from loadtests.answers import ANSWER_SHAPES, predict_answer_error, verdict_error
 from loadtests.images import bad_uploads, generate_images, load_images, multipart_body
 
 BATCH_IMAGES = 4
@@ -40,6 +43,8 @@ def _add_arguments(parser) -> None:
                         help="folder of images to upload (default: the generated 178x218 JPEG + 1024x1024 PNG set)")
     parser.add_argument("--think-ms", type=float, env_var="LOCUST_THINK_MS", default=100.0,
                         help="each user waits uniform(0, think-ms) ms between requests; 0 = back-to-back")
+    parser.add_argument("--predict-answer", choices=ANSWER_SHAPES, env_var="LOCUST_PREDICT_ANSWER", default="object",
+                        help="shape of a correct POST /predict answer: one verdict object (default) or a list of one")
 
 
 @events.init.add_listener
@@ -107,18 +112,6 @@ class _Base(FastHttpUser):
                                 catch_response=True)
 
 
-def _verdict_error(item) -> str | None:
-    """Why `item` is not a verdict object, or None when it is one."""
-    if not isinstance(item, dict):
-        return f"expected a JSON object, got {type(item).__name__}"
-    if item.get("verdict") not in ("glasses", "no_glasses"):
-        return f"bad verdict {item.get('verdict')!r}"
-    probability = item.get("probability")
-    if not isinstance(probability, (int, float)) or not 0.0 <= probability <= 1.0:
-        return f"bad probability {probability!r}"
-    return None
-
-
 class PredictUser(_Base):
     weight = 10
 
@@ -128,7 +121,8 @@ class PredictUser(_Base):
             if resp.status_code != 200:
                 resp.failure(f"HTTP {resp.status_code}: {(resp.text or '')[:200]}")
                 return
-            error = _verdict_error(resp.json())
+            options = self.environment.parsed_options
+            error = predict_answer_error(resp.json(), options.predict_answer if options else "object")
             if error:
                 resp.failure(error)
 
@@ -146,7 +140,7 @@ class BatchUser(_Base):
             if not isinstance(items, list) or len(items) != BATCH_IMAGES:
                 resp.failure(f"expected a list of {BATCH_IMAGES} verdicts, got {str(items)[:200]}")
                 return
-            errors = [e for e in map(_verdict_error, items) if e]
+            errors = [e for e in map(verdict_error, items) if e]
             if errors:
                 resp.failure(errors[0])
 

@@ -43,8 +43,10 @@ class LocustRun:
 
 def run_locust(host: str, out_dir: Path, name: str, users: int, spawn_rate: float, run_time: float,
                think_ms: float, images: Path | None = None, user_classes: tuple[str, ...] = (),
-               html: bool = True, stop_timeout: float = 30.0) -> LocustRun:
+               html: bool = True, stop_timeout: float = 30.0, predict_answer: str = "object") -> LocustRun:
     """Run locust headless in a subprocess (gevent and TensorFlow must not share a process).
+
+    `predict_answer`: the shape of a correct /predict answer from this server (loadtests/answers.py).
 
     At the time limit users finish their in-flight request (up to `stop_timeout` s) instead of being
     killed: those requests are counted, and the server is left with no backlog of abandoned work.
@@ -54,7 +56,7 @@ def run_locust(host: str, out_dir: Path, name: str, users: int, spawn_rate: floa
     cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
            "--host", host, "-u", str(users), "-r", str(spawn_rate), "-t", f"{run_time:g}s",
            "--csv", str(prefix), "--think-ms", str(think_ms), "--stop-timeout", f"{stop_timeout:g}",
-           "--loglevel", "WARNING"]
+           "--predict-answer", predict_answer, "--loglevel", "WARNING"]
     if html:
         cmd += ["--html", f"{prefix}.html"]
     if images:

@@ -1,43 +1,43 @@
 """Adaptive batching plumbing: feed BentoML's dispatcher of a batchable API from inside the process.
 
-BentoML 1.4 keeps one CorkDispatcher per batchable API in its `ServiceAppFactory` and only exposes it
-through HTTP. `batch_entry` finds that factory through the API's route (each route's endpoint is
-`functools.partial(factory.api_endpoint_wrapper, name)`) and returns `factory.batch_infer` bound to
-the API, so other endpoints of the same worker queue decoded arrays on the very dispatcher that
-serves the API, with BentoML's batching metrics, without an HTTP hop. It fails loudly if a BentoML
-upgrade changes these internals (bentoml is pinned to 1.4.40).
+BentoML keeps one CorkDispatcher per batchable API and only exposes it through HTTP. `batch_entry`
+returns that API's in-process entry point, so other endpoints of the same worker queue decoded arrays
+on the very dispatcher that serves the API (with BentoML's batching metrics) without an HTTP hop.
+The BentoML internals this needs are reached through service/bentoml_compat.py only.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 import anyio
 import numpy as np
-from bentoml._internal.context import server_context
-from bentoml._internal.marshal.dispatcher import CorkDispatcher, NonBlockSema
 from bentoml.exceptions import ServiceUnavailable
 
-logger = logging.getLogger("bentoml.glasses")
+from service.bentoml_compat import (
+    BatchInfer,
+    CorkDispatcher,
+    NonBlockSema,
+    api_dispatchers,
+    api_factory,
+    batch_infer,
+    observe_batch_size,
+)
 
-BatchInfer = Callable[[tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
+logger = logging.getLogger("bentoml.glasses")
 
 
 class GreedyDispatcher(CorkDispatcher):
     """BentoML's CorkDispatcher with a release rule for CPU inference.
 
     A batch leaves as soon as the model is free, taking everything queued meanwhile (up to
-    max_batch_size); a request that has queued longer than max_latency_ms is shed with 503, as
-    upstream does. Upstream's controller instead waits while
-    `n * (age of newest + tick) <= mean historical queue wait * 0.95`: after a burst that mean is
-    large (it includes time spent behind the running batch), each later single request waits about
-    that long and logs the same wait again, so idle batch-1 latency stays at burst level for minutes
-    (measured here: 83-135 ms p50 instead of 9-12 ms). On a CPU a batch costs roughly linear time
-    per image, so waiting for company while the model is idle buys nothing.
+    max_batch_size); a request queued longer than max_latency_ms is shed with 503, as upstream does.
+    Upstream instead waits for company while its mean historical queue wait allows, which keeps idle
+    batch-1 latency at burst level long after a burst; on a CPU a batch costs about linear time per
+    image, so waiting while the model is idle buys nothing (figures: docs/service.md).
     """
 
     async def controller(self) -> None:
@@ -58,26 +58,22 @@ class GreedyDispatcher(CorkDispatcher):
 
 
 def batch_entry(app: Any, api_name: str, greedy: bool = True) -> BatchInfer:
-    """`ServiceAppFactory.batch_infer` of the batchable API `api_name` of the BentoML `app`.
+    """The in-process batch entry of the batchable API `api_name` of the BentoML `app`.
 
     With `greedy`, the API's dispatcher is first replaced by a `GreedyDispatcher` with the same
     limits (once per worker; requests already queued on the old one still complete).
     """
-    for route in app.router.routes:
-        if getattr(route, "name", None) != api_name:
-            continue
-        factory = getattr(getattr(route.endpoint, "func", None), "__self__", None)
-        dispatchers = getattr(factory, "dispatchers", {})
-        if api_name not in dispatchers:
-            break
-        cork = dispatchers[api_name]
-        if greedy and not isinstance(cork, GreedyDispatcher):
-            dispatchers[api_name] = GreedyDispatcher(
-                int(cork.max_latency * 1000), cork.max_batch_size, fallback=cork.fallback,
-                get_batch_size=cork.get_batch_size, batch_dim=cork.batch_dim,
-            )
-        return functools.partial(factory.batch_infer, api_name)
-    raise RuntimeError(f"cannot find BentoML's batching dispatcher for API {api_name!r} (BentoML upgraded?)")
+    factory = api_factory(app, api_name)
+    dispatchers = api_dispatchers(factory)
+    if api_name not in dispatchers:
+        raise RuntimeError(f"cannot find BentoML's batching dispatcher for API {api_name!r} (BentoML upgraded?)")
+    cork = dispatchers[api_name]
+    if greedy and not isinstance(cork, GreedyDispatcher):
+        dispatchers[api_name] = GreedyDispatcher(
+            int(cork.max_latency * 1000), cork.max_batch_size, fallback=cork.fallback,
+            get_batch_size=cork.get_batch_size, batch_dim=cork.batch_dim,
+        )
+    return batch_infer(factory, api_name)
 
 
 def _overloaded() -> Any:
@@ -105,7 +101,7 @@ class ModelBatching:
         batchable API's own dispatcher (HTTP calls of it) gets the same release rule."""
         if self._factory is None:
             batch_entry(app, self.api_name, greedy=self.dispatcher_class is GreedyDispatcher)
-            self._factory = _factory_of(app, self.api_name)
+            self._factory = api_factory(app, self.api_name)
 
     def batcher(self, predict: Callable[[np.ndarray], np.ndarray]) -> tuple[Callable, CorkDispatcher]:
         """(score, dispatcher): `await score(pixels (n, S, S, 3))` -> P (n,), batched with other requests.
@@ -123,16 +119,5 @@ class ModelBatching:
         return dispatcher(run), dispatcher
 
     def _observe(self, n: int) -> None:
-        factory = self._factory
-        if factory is not None and getattr(factory, "enable_metrics", False):
-            factory.adaptive_batch_size_hist.labels(
-                runner_name=factory.service.name, worker_index=server_context.worker_index,
-                method_name=self.api_name, service_version=server_context.bento_version,
-                service_name=server_context.bento_name).observe(n)
-
-
-def _factory_of(app: Any, api_name: str) -> Any:
-    for route in app.router.routes:
-        if getattr(route, "name", None) == api_name:
-            return getattr(getattr(route.endpoint, "func", None), "__self__", None)
-    return None
+        if self._factory is not None:
+            observe_batch_size(self._factory, self.api_name, n)

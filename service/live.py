@@ -73,6 +73,7 @@ class Version:
     inflight: int = 0
     score: Callable[[np.ndarray], Awaitable[np.ndarray]] | None = None
     dispatcher: Any = None
+    explainer: Any = None  # /explain's replica of `classifier`, made on first use (service/pages.py)
     recent: deque = field(default_factory=lambda: deque(maxlen=DRIFT_WINDOW))
     psi: float | None = None
 

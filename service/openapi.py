@@ -15,7 +15,6 @@ the Verdict schema, the infrastructure endpoints) and states the rest as the cod
 from __future__ import annotations
 
 import copy
-from importlib import metadata
 from typing import Any
 
 from glasses.config import (
@@ -28,8 +27,8 @@ from glasses.config import (
     SERVE_MAX_LATENCY_MS,
     UPLOAD_WAIT_S,
 )
+from glasses.version import PACKAGE, package_version
 
-PACKAGE = "glasses-verdict"
 TITLE = "Glasses verdict service"
 ERROR = {"$ref": "#/components/schemas/Error"}
 BUSY = f"server busy with large uploads for {UPLOAD_WAIT_S:g} s"
@@ -151,7 +150,7 @@ def _paths(infer_body: dict) -> dict[str, Any]:
 def service_spec(service: Any, card: dict) -> dict[str, Any]:
     """The OpenAPI document for the BentoML `service` serving the model described by `card`."""
     base = service.openapi_spec.asdict()
-    version = metadata.version(PACKAGE)
+    version = package_version()  # installed metadata, else pyproject.toml (the container)
     schemas = {k: v for k, v in base.get("components", {}).get("schemas", {}).items()
                if k not in ("InvalidArgument", "NotFound", "InternalServerError", "TaskStatusResponse")}
     infer_body = copy.deepcopy(base["paths"].get("/infer", {}).get("post", {}).get("requestBody", {}))
@@ -167,7 +166,7 @@ def service_spec(service: Any, card: dict) -> dict[str, Any]:
                                 f"serving model `{card['tag']}` at threshold {card['threshold']:.4f}. "
                                 f"P(glasses) is `probability`; the verdict is `glasses` when it reaches the threshold.",
                  "x-served-model": card["tag"]},
-        "servers": [{"url": "."}],
+        "servers": [{"url": ".", "description": "this server (paths relative to this page)"}],
         "tags": [{"name": "verdicts"}, {"name": "model"}, {"name": "pages"}, {"name": "Infrastructure"},
                  {"name": "internal", "description": "not for clients: may change without notice"}],
         "paths": paths,

@@ -8,14 +8,18 @@
                       headers; ?format=json -> the verdict, the peak and a 16x16 heat grid
 
 One Starlette app, mounted at / with `mount(service)`; BentoML matches mounted routes before its own
-index and /docs.json. /explain runs the served classifier directly, off the adaptive-batching path,
-at most EXPLAIN_CONCURRENCY at a time with EXPLAIN_QUEUE waiting: past that 429, after waiting
-EXPLAIN_WAIT_S 503, so a burst of explanations cannot queue up in front of /predict.
+index and /docs.json. /explain runs production's classifier off the adaptive-batching path, on a
+replica of its own (`explain_classifier`: LiteRT's interpreter takes one call at a time, so sharing
+it made /predict's batches wait behind the 225 occluded copies), at most EXPLAIN_CONCURRENCY at a
+time with EXPLAIN_QUEUE waiting: past that 429, after waiting EXPLAIN_WAIT_S 503, so a burst of
+explanations cannot queue up in front of /predict.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
+import threading
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -27,14 +31,27 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from glasses.config import EXPLAIN_CONCURRENCY, EXPLAIN_QUEUE, EXPLAIN_WAIT_S
-from service.explain import explain_upload
+from glasses.config import (
+    EXPLAIN_CONCURRENCY,
+    EXPLAIN_QUEUE,
+    EXPLAIN_RUNTIME,
+    EXPLAIN_RUNTIMES,
+    EXPLAIN_THREADS,
+    EXPLAIN_WAIT_S,
+)
+from glasses.runtimes import Classifier
+from service.explain import Explanation, explain_upload
 from service.inference import UploadError
+from service.live import Version
 from service.openapi import service_spec
 from service.uploads import error_body, read_uploads
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 FORMATS = ("png", "json")
+if EXPLAIN_RUNTIME not in EXPLAIN_RUNTIMES:
+    sys.exit(f"glasses service: cannot start: GLASSES_EXPLAIN_RUNTIME={EXPLAIN_RUNTIME!r}, "
+             f"expected one of {list(EXPLAIN_RUNTIMES)}")
+_REPLICA_LOCK = threading.Lock()
 
 
 class ExplainSlots:
@@ -74,6 +91,23 @@ class ExplainSlots:
 SLOTS = ExplainSlots(EXPLAIN_CONCURRENCY, EXPLAIN_QUEUE, EXPLAIN_WAIT_S)
 
 
+def explain_classifier(version: Version, mode: str = EXPLAIN_RUNTIME) -> Classifier:
+    """The classifier /explain runs for `version`: with mode "own", its replica (EXPLAIN_THREADS
+    threads), made on first use and kept on the Version, so a promoted version brings a new one and a
+    retired one goes with it; with "shared", the classifier /predict's batches run."""
+    if mode == "shared":
+        return version.classifier
+    with _REPLICA_LOCK:
+        if version.explainer is None:
+            version.explainer = version.classifier.replica(EXPLAIN_THREADS)
+        return version.explainer
+
+
+def _explain_on(version: Version, data: bytes) -> tuple[Explanation, bytes]:
+    """explain_upload on `version` (in a worker thread: a first call builds the replica)."""
+    return explain_upload(data, explain_classifier(version), version.image_size, version.threshold)
+
+
 def _error(message: str, status: int) -> JSONResponse:
     return JSONResponse(error_body(message, status), status_code=status)
 
@@ -85,13 +119,11 @@ async def explain(request: Request) -> Response:
         return _error(f"format must be one of {list(FORMATS)}, got {fmt!r}", 400)
     svc = bentoml.get_current_service()
     version = svc.live.production()  # one consistent view of the model, whatever is promoted meanwhile
-    classifier, threshold, tag = version.classifier, version.threshold, version.tag
-    size = version.image_size
+    threshold, tag = version.threshold, version.tag
     try:
         [upload] = await read_uploads(request, "image", max_files=1)
         async with SLOTS.hold():
-            explanation, png = await anyio.to_thread.run_sync(explain_upload, upload.data, classifier, size,
-                                                              threshold)
+            explanation, png = await anyio.to_thread.run_sync(_explain_on, version, upload.data)
     except UploadError as exc:
         return _error(str(exc), exc.status)
     if fmt == "json":

@@ -54,14 +54,13 @@ def glasses_train(args: list[str], *, env: dict, timeout: float = 300) -> subpro
 @contextlib.contextmanager
 def private_store(home: Path):
     """Point BentoML's model store (already configured in this process or not) and BENTOML_HOME at `home`."""
-    from bentoml._internal.configuration.containers import BentoMLContainer
-    from bentoml._internal.models import ModelStore
+    from service.bentoml_compat import model_store_at
 
     (home / "models").mkdir(parents=True, exist_ok=True)
     old = os.environ.get("BENTOML_HOME")
     os.environ["BENTOML_HOME"] = str(home)
     try:
-        with BentoMLContainer.model_store.patch(ModelStore(str(home / "models"))):
+        with model_store_at(home / "models"):
             yield home
     finally:
         if old is None:

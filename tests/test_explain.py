@@ -86,6 +86,34 @@ def test_explain_refuses_bad_input_like_predict(server, tmp_path):
     assert requests.get(f"{server.url}/readyz", timeout=10).status_code == 200
 
 
+def test_explain_runs_its_own_interpreter_not_the_one_predict_batches_on(tmp_path):
+    """LiteRT's interpreter takes one call at a time: /explain gets a replica per served version."""
+    import tarfile
+
+    from glasses.config import BUNDLED_MODEL_FILE
+    from glasses.runtimes import load_classifier
+    from service.live import Version
+    from service.pages import explain_classifier
+
+    with tarfile.open(BUNDLED_MODEL_FILE) as archive:
+        archive.extractall(tmp_path, filter="data")
+    served = load_classifier(tmp_path, "litert")
+
+    def version(classifier) -> Version:
+        return Version(tag="glasses_classifier:x", card={}, classifier=classifier, load_s=0.0, parity=None,
+                       reference=None)
+
+    current = version(served)
+    mine = explain_classifier(current)
+    assert mine is not served and mine._interpreter is not served._interpreter and mine._lock is not served._lock
+    assert explain_classifier(current) is mine  # made once per version
+    pixels = np.stack([np.asarray(face_image(i, i % 2 == 0, 128)) for i in range(4)])
+    assert np.allclose(mine(pixels), served(pixels), atol=1e-6)
+    promoted = version(load_classifier(tmp_path, "litert"))
+    assert explain_classifier(promoted) is not mine  # a new served version brings a new replica
+    assert explain_classifier(current, mode="shared") is served  # the old way, kept for the benchmark
+
+
 def test_explain_admission_refuses_past_running_plus_waiting():
     from service.pages import ExplainSlots
 

@@ -199,3 +199,60 @@ def test_short_profile_meets_its_slos_against_a_real_server(tmp_path: Path) -> N
     assert stats["/predict"].requests > stats["/predict [bad upload -> 4xx]"].requests
     assert (out / "short.html").stat().st_size > 10_000
     assert slo_main([str(out / "short_stats.csv"), "--p95-ms", "1", "--p99-ms", "1"]) == 1
+
+
+# --- answers: each server judged by what it returns -------------------------------------------------
+
+def test_predict_answer_shapes() -> None:
+    """The service's verdict object passes as "object"; the idiomatic peer's list of one as "list"; neither
+    shape passes as the other, and a malformed verdict fails both."""
+    from loadtests.answers import predict_answer_error
+    from service.inference import verdict
+
+    one = verdict(0.8, 0.5, "glasses_classifier:x")
+    assert predict_answer_error(one, "object") is None
+    assert predict_answer_error([one], "list") is None
+    assert "expected a JSON object" in predict_answer_error([one], "object")
+    assert "list of 1 verdict" in predict_answer_error(one, "list")
+    assert "list of 1 verdict" in predict_answer_error([one, one], "list")
+    assert "bad probability" in predict_answer_error([{**one, "probability": 1.5}], "list")
+    assert "bad verdict" in predict_answer_error({**one, "verdict": "maybe"}, "object")
+    with pytest.raises(ValueError, match="unknown answer shape"):
+        predict_answer_error(one, "dict")
+
+
+def _store_with_model(home: Path) -> str:
+    """A BentoML store at `home` holding the bundled model (else a seeded test CNN); its tag."""
+    if not BUNDLED_MODEL_FILE.exists():
+        from _service import register_model
+
+        return register_model(home)
+    home.mkdir(parents=True, exist_ok=True)
+    code = "from glasses.registry import import_bundled_model; print(import_bundled_model())"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=_env(BENTOML_HOME=str(home)),
+                         capture_output=True, text=True, timeout=120, check=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.loadtest
+def test_bench_judges_the_idiomatic_peer_by_its_own_answers(tmp_path: Path) -> None:
+    """The real BentoML-idiomatic peer answers /predict with a list of one verdict: the benchmark's
+    batch-1 timing and its locust load count those answers as successes, and would not as "object"."""
+    from loadtests.bench import batch1_latency, http_targets
+    from loadtests.run import run_locust
+    from loadtests.server import Server
+
+    home = tmp_path / "bentoml"
+    tag = _store_with_model(home)
+    command, env, answer = http_targets(str(home), tag, tmp_path / "unused.keras", {})["peer"]
+    assert answer == "list"
+    images = generate_images(tmp_path / "images", {"jpeg": 6, "png": 0}) / "jpeg"
+    uploads = load_images(images)
+    port = free_port()
+    with Server(command(port), port, env=env) as server:
+        assert batch1_latency(server.url, uploads, 5, answer)["ok"] == 5
+        assert batch1_latency(server.url, uploads, 5, "object")["ok"] == 0
+        run = run_locust(server.url, tmp_path / "reports", "peer", users=2, spawn_rate=2, run_time=2, think_ms=0,
+                         images=images, user_classes=("PredictUser",), html=False, predict_answer=answer)
+    [row] = [s for s in run.stats if s.name == "/predict"]
+    assert row.requests > 0 and row.failures == 0, (row, (tmp_path / "reports" / "peer.log").read_text()[-2000:])

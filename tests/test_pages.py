@@ -50,7 +50,7 @@ def test_openapi_title_and_version_mean_something(spec):
     assert "BentoML" not in str(info)
 
 
-def test_openapi_documents_every_route_and_hides_infer_as_internal(spec):
+def test_openapi_documents_every_route_and_sets_infer_apart(spec):
     paths = spec["paths"]
     assert {"/predict", "/predict_batch", "/explain", "/model", "/infer", "/readyz"} <= set(paths)
     assert list(paths)[0] == "/predict"
@@ -85,3 +85,37 @@ def test_openapi_error_responses_are_the_real_ones(server, spec):
                                 ("/explain", {"image": ("x.txt", b"text")}, 422)):
         body = requests.post(f"{server.url}{path}", files=files, timeout=30).json()
         assert set(body) == set(error["required"]) and body["status"] == status, (path, body)
+
+
+def test_version_falls_back_to_pyproject_where_the_package_is_not_installed(monkeypatch, tmp_path):
+    """The serving container copies the code without installing it: /docs.json must still answer."""
+    import tomllib
+    from importlib import metadata
+
+    import bentoml
+
+    from glasses import version
+    from service.openapi import service_spec
+
+    installed = metadata.version
+
+    def not_installed(name: str) -> str:  # this project only: bentoml reads other packages' versions
+        if name == version.PACKAGE:
+            raise metadata.PackageNotFoundError(name)
+        return installed(name)
+
+    monkeypatch.setattr(version.metadata, "version", not_installed)
+    expected = tomllib.loads(version.PYPROJECT.read_text())["project"]["version"]
+    assert version.package_version() == expected
+    assert version.package_version(tmp_path / "absent.toml") == version.UNKNOWN
+    (tmp_path / "broken.toml").write_text("[project\n")
+    assert version.package_version(tmp_path / "broken.toml") == version.UNKNOWN
+
+    @bentoml.service(name="tiny")
+    class Tiny:
+        @bentoml.api
+        def echo(self, text: str) -> str:
+            return text
+
+    spec = service_spec(Tiny, {"tag": "glasses_classifier:abc", "threshold": 0.5})
+    assert spec["info"]["version"] == expected and expected in spec["info"]["description"]

@@ -145,3 +145,20 @@ def test_service_with_an_unknown_pinned_model_stops_in_one_line(home) -> None:
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "GLASSES_MODEL=glasses_classifier:nope" in lines[0], result.stderr[-3000:]
+
+
+def test_litert_interpreter_is_silent_unless_verbose(tmp_path) -> None:
+    """LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." once per process when its
+    first interpreter allocates: the loader hides it like TensorFlow's import lines, GLASSES_VERBOSE=1 shows it."""
+    import tarfile
+
+    with tarfile.open(BUNDLED) as tar:
+        (tmp_path / "model.tflite").write_bytes(tar.extractfile("./model.tflite").read())
+    code = ("import numpy as np; from glasses.runtimes import LiteRTClassifier; "
+            f"c = LiteRTClassifier({str(tmp_path / 'model.tflite')!r}, 128); c.warm_up((1, 3)); "
+            "print(c(np.zeros((2, 128, 128, 3), np.uint8)).shape)")
+    quiet = run(["-c", code], user_env(tmp_path))
+    assert quiet.returncode == 0 and quiet.stdout.strip() == "(2,)", quiet.stderr
+    assert quiet.stderr == "", quiet.stderr
+    loud = run(["-c", code], user_env(tmp_path, GLASSES_VERBOSE="1"))
+    assert "XNNPACK delegate" in loud.stderr, loud.stderr  # the check above can fail

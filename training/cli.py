@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from importlib.metadata import PackageNotFoundError, version
 
 from glasses import quiet
 from glasses.files import UserError  # noqa: F401  (the one base: stages raise it, RegistryError is one)
+from glasses.version import package_version
 
 # Stage modules, in pipeline order; each defines add_cli(subparsers).
 STAGES = (
@@ -50,14 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         module.add_cli(subparsers)
     return parser
-
-
-def package_version() -> str:
-    """The installed version of this project (pyproject.toml)."""
-    try:
-        return version("glasses-verdict")
-    except PackageNotFoundError:
-        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -126,6 +126,15 @@ def confusion_figure(matrix: Sequence[Sequence[int]]) -> str:
     return _figure_url(fig)
 
 
+def _plain_log_counts(axis: Any) -> None:
+    """Label a log-scaled count axis 1, 2, 5, 10, 20, ... (not 6x10^0, minor ticks unlabelled)."""
+    from matplotlib.ticker import LogLocator, NullFormatter, StrMethodFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(StrMethodFormatter("{x:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def reliability_figure(y: np.ndarray, p: np.ndarray) -> str:
     """Reliability diagram: observed share of glasses against mean P(glasses) per bin, as a data URL."""
     fig, (ax, hist) = _plt().subplots(2, 1, figsize=(5, 5.2), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
@@ -139,6 +148,8 @@ def reliability_figure(y: np.ndarray, p: np.ndarray) -> str:
     ax.legend(loc="upper left")
     hist.hist(p, bins=BINS, range=(0, 1), color="#8a94ab")
     hist.set(xlabel="P(glasses)", ylabel="photos", yscale="log")
+    _plain_log_counts(hist.yaxis)
+    hist.set_ylim(bottom=0.7)  # a bin of one photo is a visible bar, not a line on the axis
     fig.tight_layout()
     return _figure_url(fig)
 

@@ -67,6 +67,7 @@ function showVerdict(card, file, result) {
   $(".fill", card).classList.toggle("positive", result.verdict === "glasses");
   $(".threshold-mark", card).style.left = `${(t * 100).toFixed(1)}%`;
   $(".bar", card).setAttribute("aria-label", `P(glasses) ${p.toFixed(3)} against threshold ${t.toFixed(3)}`);
+  $(".bar", card).hidden = false;  // no bar before a verdict, none for a refused upload
   $(".numbers", card).textContent = `P(glasses) = ${p.toFixed(3)} · threshold ${t.toFixed(3)}`;
   $(".tag", card).textContent = `model ${result.model}`;
   const thumb = $(".thumb", card);
@@ -104,8 +105,9 @@ async function explain(card, file) {
     const overlay = $(".overlay", figure);
     overlay.src = URL.createObjectURL(await resp.blob());
     const peak = (resp.headers.get("X-Explain-Peak") || "").split(",").map(Number);
-    caption.textContent = `What drove "${resp.headers.get("X-Verdict")}" (occlusion map of the served model)` +
-      (peak.length === 2 ? `: hottest at ${(peak[1] * 100).toFixed(0)} % of the height` : "");
+    const said = resp.headers.get("X-Verdict") === "glasses" ? "glasses" : "no glasses";
+    caption.textContent = `What drove "${said}" (occlusion map of the served model)` +
+      (peak.length === 2 ? `: the hottest spot is ${(peak[1] * 100).toFixed(0)} % of the way down` : "");
     figure.hidden = false;
     card.dataset.state = "done";
   } catch (err) {
