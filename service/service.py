@@ -53,8 +53,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from glasses.config import (
+    BUNDLED_MODEL_FILE,
     DECODE_THREADS,
     HEADER_TIMEOUT_S,
+    IMAGE_SIZE as DEFAULT_IMAGE_SIZE,
     MAX_BATCH_IMAGES,
     MAX_REQUEST_BYTES,
     MODEL_ENV_VAR,
@@ -64,7 +66,7 @@ from glasses.config import (
     SERVE_THREADS,
     SERVE_WORKERS,
 )
-from glasses.registry import RegistryError, model_card, resolve
+from glasses.registry import RegistryError, model_card, resolve, store_dir
 from service import pages
 from service.inference import UploadError, decode_upload, verdict
 from service.limits import install_head_timeout
@@ -81,16 +83,25 @@ from service.uploads import (
 
 log = logging.getLogger("bentoml.glasses")  # under BentoML's logger: its format and handlers
 
-# Resolved once at import, so `bentoml build` records exactly this model: GLASSES_MODEL > production >
-# newest > the bundled default (imported into an empty store). A wrong choice stops here, in one line.
-# Workers then follow the registry (service/live.py).
-try:
-    MODEL_TAG, MODEL_REASON = resolve()
-except RegistryError as exc:
-    sys.exit(f"glasses service: cannot start: {exc}")
-if MODEL_REASON.startswith("bundled"):  # said once, by the process that did it
-    print(f"glasses service: {MODEL_TAG}: {MODEL_REASON}", file=sys.stderr, flush=True)
-IMAGE_SIZE = int(model_card(bentoml.models.get(MODEL_TAG))["preprocessing"]["image_size"])
+
+def _model_at_import() -> tuple[str | None, str]:
+    """(tag, why) of the version the registry picks, read-only: importing this module writes nothing.
+
+    Resolved at import so `bentoml build` records exactly this model. An empty store gives (None, why)
+    when the bundled default exists: start-up imports and promotes it (`import_bundled_default`), and the
+    workers, which import this module afterwards, find it. A wrong choice stops here, in one line.
+    """
+    if not os.environ.get(MODEL_ENV_VAR) and not any(store_dir().glob("*/model.yaml")) and BUNDLED_MODEL_FILE.exists():
+        return None, "empty store: the bundled default is imported at start-up"
+    try:
+        return resolve(import_default=False)
+    except RegistryError as exc:
+        sys.exit(f"glasses service: cannot start: {exc}")
+
+
+MODEL_TAG, MODEL_REASON = _model_at_import()  # workers then follow the registry (service/live.py)
+IMAGE_SIZE = (int(model_card(bentoml.models.get(MODEL_TAG))["preprocessing"]["image_size"]) if MODEL_TAG
+              else DEFAULT_IMAGE_SIZE)  # the workers' import sees the imported default's own size
 Pixels = pixels_type(IMAGE_SIZE)
 
 
@@ -110,7 +121,19 @@ model_app = Starlette(routes=[Route("/model", _get_model, methods=["GET"])])
 )
 @bentoml.asgi_app(model_app, path="/")
 class GlassesService:
-    bento_model = bentoml.models.BentoModel(MODEL_TAG)
+    if MODEL_TAG:  # recorded by `bentoml build`; resolved by BentoML before start-up
+        bento_model = bentoml.models.BentoModel(MODEL_TAG)
+
+    @bentoml.on_deployment
+    def import_bundled_default() -> None:
+        """Once per server, before any worker starts: an empty store gets the bundled default model,
+        imported and promoted (said once, on stderr)."""
+        if MODEL_TAG is None:
+            try:
+                tag, why = resolve()
+            except RegistryError as exc:
+                sys.exit(f"glasses service: cannot start: {exc}")
+            print(f"glasses service: {tag}: {why}", file=sys.stderr, flush=True)
 
     def __init__(self) -> None:
         self.live = LiveModels(pin=os.environ.get(MODEL_ENV_VAR))  # loads, checks and warms up production
