@@ -1,13 +1,16 @@
 """What removing the confirmed label errors does: the same light recipe trained with and without an
 exclusion file, both evaluated on the same test photos (the test split minus the excluded photos).
 
-    .venv/bin/python benchmarks/review_retrain.py [--exclude glasses/data/excluded-celeba-review.txt]
+    .venv/bin/python benchmarks/review_retrain.py [--exclude FILE] [--cnn-epochs 3 [--cnn-size 64] [--seeds 1 2]]
 
 Recipe (the cheapest that still retrains a classifier on the labels): the bundled model's
 penultimate features (training/features.py) -> StandardScaler + LogisticRegression(C=REVIEW_C) fitted
 on the train split, threshold maximising balanced accuracy on the validation split. The fit is
 deterministic (lbfgs: a seed changes nothing), so the uncertainty printed is a paired bootstrap over
 test persons. Prints per arm: train/test counts, test ROC-AUC, balanced accuracy, CPU and wall time.
+Both arms use the split of the photos with all labels (prepare --exclude re-draws it); the second
+drops the excluded photos from train and validation. --cnn-epochs N also fits the robust model's
+architecture (fixed hyperparameters, no augmentation) per arm and seed, for the seed noise.
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--exclude", type=Path, default=DEFAULT_EXCLUDE)
     parser.add_argument("--work-dir", type=Path, default=WORK_DIR)
+    parser.add_argument("--cnn-epochs", type=int, default=0, help="also fit the robust CNN for N epochs per arm and seed")
+    parser.add_argument("--cnn-size", type=int, default=64)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
     print(banner())
     cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -117,7 +123,52 @@ def main() -> None:
                             - binary_metrics(test_y, pa, ta)["balanced_accuracy"])):
         lo, hi = np.percentile(d, [2.5, 97.5])
         print(f"without - with, {name}: {point:+.4f} (95 % paired bootstrap over test persons {lo:+.4f} .. {hi:+.4f})")
+    if args.cnn_epochs:
+        cnn_arms(SOURCES, args.exclude, size=args.cnn_size, epochs=args.cnn_epochs, seeds=args.seeds,
+                 work_dir=args.work_dir)
     print(f"total: {time.process_time() - cpu0:.1f} s CPU, {time.perf_counter() - wall0:.1f} s wall")
+
+
+def cnn_arms(sources: list[str], exclude: Path, *, size: int, epochs: int, seeds: list[int], work_dir: Path) -> None:
+    """The robust model's architecture, fixed hyperparameters, `epochs` at `size` px, no augmentation,
+    balanced class weights: with and without the excluded photos, each seed, on the same test photos."""
+    import keras
+    import keras_tuner as kt
+
+    from training import models
+    from training.data import dataset_from_arrays, load_split, read_manifest
+    from training.evaluate import binary_metrics, choose_threshold
+    from training.prepare import prepare_sources
+
+    base_path = prepare_sources(sources, size=size, work_dir=work_dir, progress=False).manifest_path
+    kept_path = prepare_sources(sources, size=size, work_dir=work_dir, progress=False, exclude_files=[exclude]).manifest_path
+    base, kept_m = read_manifest(base_path), read_manifest(kept_path)
+    kept = set().union(*(split_keys(kept_m, s)[0] for s in ("train", "val", "test")))
+    data = {}
+    for split in ("train", "val", "test"):
+        x, y = load_split(base_path, split)
+        mask = np.asarray([k in kept for k in split_keys(base, split)[0]])
+        data[split] = (x, y, mask)
+    x_test, y_test = data["test"][0][data["test"][2]], data["test"][1][data["test"][2]]
+    for seed in seeds:
+        for arm in ("all labels", "without excluded"):
+            t_cpu, t_wall = time.process_time(), time.perf_counter()
+            (xt, yt, mt), (xv, yv, mv) = data["train"], data["val"]
+            if arm == "without excluded":
+                xt, yt, xv, yv = xt[mt], yt[mt], xv[mv], yv[mv]
+            keras.utils.set_random_seed(seed)
+            steps = epochs * -(-len(yt) // 64)
+            model = models.hypermodel_for("robust", size, train_steps=steps)(kt.HyperParameters())
+            n = len(yt)
+            weights = {0: n / (2 * int((yt == 0).sum())), 1: n / (2 * int((yt == 1).sum()))}
+            model.fit(dataset_from_arrays(xt, yt, shuffle=True, seed=seed), epochs=epochs, class_weight=weights, verbose=0)
+            pv = model.predict(dataset_from_arrays(xv, yv), verbose=0).ravel()
+            threshold = choose_threshold(yv, pv)
+            p = model.predict(dataset_from_arrays(x_test, y_test), verbose=0).ravel()
+            m = binary_metrics(y_test, p, threshold)
+            print(f"CNN seed {seed} {arm:<17} train {len(yt)}, test {len(y_test)}: ROC-AUC {m['roc_auc']:.4f}, "
+                  f"balanced accuracy {m['balanced_accuracy']:.4f} at {threshold:.3f} "
+                  f"({time.process_time() - t_cpu:.0f} s CPU, {time.perf_counter() - t_wall:.0f} s wall)", flush=True)
 
 
 if __name__ == "__main__":
