@@ -10,10 +10,14 @@ report and learning curves, registry tag). A distributed search runs the same co
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 from glasses.config import TUNING_PROFILES, WORK_DIR
 from training.cli import UserError
+
+if TYPE_CHECKING:
+    from training.prepare import PreparedData
 
 
 def run(
@@ -28,7 +32,6 @@ def run(
     `exclude_files` go to prepare (photo ids left out; their sha256s reach the manifest and lineage)."""
     from glasses import registry
     from training.evaluate import evaluate_run, format_metrics
-    from training.prepare import prepare_sources
     from training.register import register
     from training.tune import get_profile, tune
 
@@ -37,19 +40,7 @@ def run(
     size = size or config.image_size
     started = time.monotonic()
     out: dict = {"profile": profile}
-    sources = [source] if isinstance(source, str) else list(source)
-    print(f"== prepare {' + '.join(sources)} ({size}px)", flush=True)
-    data = prepare_sources(sources, size=size, scheduler=scheduler, work_dir=work_dir,
-                           exclude_files=list(exclude_files))
-    counts = {split: sum(c.values()) for split, c in data.counts.items()}
-    print(f"   manifest {data.manifest_path} ({'reused' if data.reused else 'built'}; {counts}; "
-          f"{len(data.skipped)} skipped)", flush=True)
-    for record in data.exclusions:
-        what = "the paper's list" if record.get("shipped") else record["file"]
-        removed = ", ".join(f"{c} {n}" for c, n in record["removed"].items())
-        print(f"   excluded by {what} (sha256 {record['sha256'][:12]}): {removed}", flush=True)
-    for note in data.notes:
-        print(f"   note: {note}", flush=True)
+    data = _prepare(source, size, scheduler, work_dir, exclude_files)
     out["manifest"] = str(data.manifest_path)
 
     print(f"== tune (profile {profile})", flush=True)
@@ -81,6 +72,26 @@ def run(
     print(f"   {reg.gate.reason}{' (FORCED)' if reg.forced else ''}", flush=True)
     _print_artefacts(out, started)
     return out
+
+
+def _prepare(source: str | list[str], size: int, scheduler: str | None, work_dir: Path, exclude_files) -> "PreparedData":
+    """The prepare stage: builds or reuses the split manifest and prints what it holds and left out."""
+    from training.prepare import prepare_sources
+
+    sources = [source] if isinstance(source, str) else list(source)
+    print(f"== prepare {' + '.join(sources)} ({size}px)", flush=True)
+    data = prepare_sources(sources, size=size, scheduler=scheduler, work_dir=work_dir,
+                           exclude_files=list(exclude_files))
+    counts = {split: sum(c.values()) for split, c in data.counts.items()}
+    print(f"   manifest {data.manifest_path} ({'reused' if data.reused else 'built'}; {counts}; "
+          f"{len(data.skipped)} skipped)", flush=True)
+    for record in data.exclusions:
+        what = "the paper's list" if record.get("shipped") else record["file"]
+        removed = ", ".join(f"{c} {n}" for c, n in record["removed"].items())
+        print(f"   excluded by {what} (sha256 {record['sha256'][:12]}): {removed}", flush=True)
+    for note in data.notes:
+        print(f"   note: {note}", flush=True)
+    return data
 
 
 def _print_artefacts(out: dict, started: float) -> None:
