@@ -11,30 +11,16 @@ Which version answers: the registry's `production`, followed live (service/live.
 re-reads the aliases each second, loads + checks a new target and swaps it in between batches), a
 `candidate` canary share, or what the request asks for with `?model=` / `X-Glasses-Model`.
 
-How a request flows, and why (figures and how they were measured: docs/service.md):
+How a request flows (why, with the measured alternatives and how they were measured: docs/service.md):
   1. `read_uploads` parses the multipart body itself (BentoML's parser answers 500 to several client
-     faults) and `decode_upload` decodes every image fully, in a thread pool, BEFORE anything is
-     batched: a bad upload fails its own request (4xx) and can never poison an adaptive batch.
-  2. The decoded uint8 pixels join adaptive batching IN-PROCESS: each served version has its own
-     BentoML dispatcher (service/batching.py: ModelBatching; one batch runs at a time over all of
-     them), so there is no HTTP hop and no JSON/pickle of pixels, a batch never mixes versions, and
-     BentoML's adaptive_batch_size metric of the `infer` API covers every batch. Compared in one
-     run, interleaved:
-       - a separate model service via `bentoml.depends` (pickle + HTTP hop, `runner_connection`
-         workaround for upstream #5540): 10.0-11.9 ms server CPU per request vs 5.5-9.0 ms in-process;
-       - `self.to_async.infer` goes over HTTP with JSON arrays (18 req/s, 89% errors: team notes);
-       - `bentoml.depends` resolved inside the same worker is a plain method call: no batching.
-  3. Release rule: `service.batching.GreedyDispatcher` replaces upstream's CORK wait rule. Upstream waits for
-     company as long as the mean historical queue wait allows; after a burst that mean stays high and
-     batch-1 latency stayed at 83-135 ms p50 instead of 9-12 ms, with equal throughput and CPU per
-     request. On a CPU a batch costs ~linear time per image: releasing as soon as the model is free
-     (taking everything queued meanwhile) gives batches of ~15 at concurrency 32 anyway.
-  4. Layout on the 2-core box: ONE worker (TensorFlow's intra-op threads use both cores while the
-     event loop and decode threads overlap with them). Two workers halved the batches (mean 2-6
-     instead of ~15), used as much or more CPU per request (5.8-8.0 ms) and doubled memory.
-     max_batch_size 64 (a full /predict_batch plus concurrent singles fits in one call; batches past
-     ~16 gain little per image on CPU); max_latency_ms 3000 is only the shedding bound (503) for a
-     queue that cannot drain, generous for a shared CI box. threads=1: one batch runs at a time.
+     faults) and `decode_upload` decodes every image fully, in a thread pool, before anything is
+     batched: a bad upload fails its own request (4xx) and never poisons an adaptive batch.
+  2. The decoded uint8 pixels join adaptive batching in-process (service/batching.py: ModelBatching,
+     one BentoML dispatcher per served version, one batch at a time over all of them): no HTTP hop,
+     no serialised pixels, a batch never mixes versions, and BentoML's adaptive_batch_size metric of
+     the `infer` API covers every batch.
+  3. `GreedyDispatcher` releases a batch as soon as the model is free, instead of upstream's wait rule.
+  4. One worker, max_batch_size 64, threads=1 (glasses/config.py): the layout measured best on 2 cores.
 """
 
 from __future__ import annotations
