@@ -9,7 +9,7 @@ live beside the store, so BentoML's own `bentoml models ...` commands keep worki
     store:    save_version, import_version, export_version, list_models, list_versions, get_model
     aliases:  set_alias, promote, rollback, read_aliases, read_history, promoted_tag,
               resolve (GLASSES_MODEL > production > newest > bundled)
-    versions: model_card (what GET /model shows), check_servable (can this code score it?)
+What a stored version is, and whether this code can serve it: glasses/cards.py.
 """
 
 from __future__ import annotations
@@ -30,22 +30,16 @@ from typing import Any, Iterator
 import bentoml
 import yaml
 
-from glasses import preprocessing
 from glasses.config import (
     BUNDLED_MODEL_FILE,
-    CLASS_MAP,
-    DEFAULT_THRESHOLD,
-    IMAGE_SIZE,
     LITERT_MODEL_FILE,
     MODEL_ENV_VAR,
     MODEL_FILE,
     MODEL_NAME,
-    POSITIVE_CLASS,
     PRODUCTION_ALIAS as PRODUCTION,
     REGISTRY_DIR_ENV_VAR,
 )
 from glasses.files import UserError, write_json_atomic
-from glasses.runtimes import available_runtimes
 
 KEY_METRICS = ("accuracy", "balanced_accuracy", "roc_auc", "f1", "loss")  # shown by `list_versions`
 ALIAS_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,31}")
@@ -332,69 +326,3 @@ def resolve(import_default: bool = True) -> tuple[str, str]:
         f"no {MODEL_NAME} model in the store at {bentoml_home()}; run `glasses-train run` or "
         f"`glasses-train registry import {BUNDLED_MODEL_FILE}`"
     )
-
-
-# --- what a stored model is, and whether this code can use it ---------------------------------
-def model_card(bento_model: Any) -> dict[str, Any]:
-    """What GET /model shows: tag, creation time, metrics, threshold, classes, preprocessing.
-
-    Metadata is written by training/register.py; every key is read with a default so an older or
-    hand-registered model still serves.
-    """
-    meta = dict(bento_model.info.metadata or {})
-    return {
-        "tag": str(bento_model.tag),
-        "name": bento_model.tag.name,
-        "version": bento_model.tag.version,
-        "created": bento_model.info.creation_time.isoformat(),
-        "threshold": float(meta.get("threshold", DEFAULT_THRESHOLD)),
-        "calibration": meta.get("calibration") or None,  # glasses.calibration; None = raw probabilities
-        "metrics": meta.get("metrics") or {},
-        "class_map": meta.get("class_map") or CLASS_MAP,
-        "positive_class": POSITIVE_CLASS,
-        "preprocessing": {
-            "version": meta.get("preprocessing_version", preprocessing.PREPROCESSING_VERSION),
-            "image_size": int(meta.get("image_size", IMAGE_SIZE)),
-            "served_version": preprocessing.PREPROCESSING_VERSION,
-        },
-        "labels": dict(bento_model.info.labels or {}),
-        "data_source": meta.get("data_source"),
-        "data_sources": meta.get("data_sources") or [],
-        "data_fingerprint": meta.get("data_fingerprint"),
-        "profile": meta.get("profile"),
-        "objective": meta.get("objective"),
-        "hyperparameters": meta.get("hyperparameters") or {},
-        "runtimes": available_runtimes(bento_model),  # model files present: "tf" (model.keras), "litert"
-        "litert": meta.get("litert"),  # the conversion check recorded at registration (training/convert.py)
-    }
-
-
-def check_servable(card: dict[str, Any]) -> None:
-    """Refuse (RegistryError) a model whose preprocessing or classes differ from what this code applies:
-    the service will not serve it, `glasses-train compare` will not score it."""
-    prep = card["preprocessing"]
-    if prep["version"] != prep["served_version"]:
-        raise RegistryError(
-            f"model {card['tag']} was trained with preprocessing {prep['version']!r} but this service "
-            f"applies {prep['served_version']!r}; retrain it or promote a model built with the current contract"
-        )
-    if prep["image_size"] not in preprocessing.ALLOWED_SIZES:
-        raise RegistryError(f"model {card['tag']} has unsupported image_size {prep['image_size']}")
-    index = _positive_index(card["class_map"])
-    if index is not None and index != CLASS_MAP[POSITIVE_CLASS]:
-        raise RegistryError(f"model {card['tag']} has class map {card['class_map']}: its output is not "
-                           f"P({POSITIVE_CLASS}) (expected {CLASS_MAP})")
-
-
-def _positive_index(class_map: dict) -> int | None:
-    """The label index of the positive class in a {name: index} or {index: name} map (None if absent)."""
-    try:
-        if POSITIVE_CLASS in class_map:
-            return int(class_map[POSITIVE_CLASS])
-        for key, value in class_map.items():
-            if value == POSITIVE_CLASS:
-                return int(key)
-    except (TypeError, ValueError):
-        pass
-    return None
-

@@ -19,7 +19,7 @@ from PIL import Image
 
 from glasses import preprocessing
 from glasses.config import CLASS_NAMES, MODEL_ENV_VAR, SERVE_RUNTIME
-from glasses.registry import model_card
+from glasses.cards import model_card
 from glasses.runtimes import load_classifier
 
 

@@ -125,7 +125,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def memory_breaches(memory: dict | None, profile: dict, name: str, out: Path) -> list[str]:
+    """Print the server's memory over the run (saved as NAME_memory.json) and return a breach of the
+    profile's memory-growth limit, if any; without a measured server, say the limit went unchecked."""
+    if memory:
+        print("server RSS: ready {rss_ready_mb:.0f} MB, start of load {rss_start_mb:.0f} MB, middle {rss_mid_mb:.0f} MB, "
+              "end {rss_end_mb:.0f} MB, peak {rss_peak_mb:.0f} MB; growth {growth:+.1%} "
+              "({growth_second_half:+.1%} in the second half)".format(**memory))
+        (out / f"{name}_memory.json").write_text(json.dumps(memory, indent=1))
+        limit = profile.get("max_rss_growth")
+        if limit is not None and memory["growth"] > limit:
+            return [f"server memory grew {memory['growth']:+.1%} during the run (limit {limit:+.0%})"]
+    elif profile.get("max_rss_growth") is not None:
+        print(f"server memory: not checked (the {name} profile's memory-growth limit needs a server this "
+              "runner starts; --host targets one it cannot measure)")
+    return []
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one load profile (starting the service unless --host) and check its SLO; 0 met, 1 breached, 2 error."""
     args = parse_args(argv)
     profile = dict(LOADTEST_PROFILES[args.profile])
     for key in ("users", "run_time", "p95_ms", "p99_ms"):
@@ -177,17 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         breaches.append(f"locust exited with code {result.returncode} (see {result.csv_prefix}.log)")
     if result.generator:
         print(f"load generator CPU: {result.generator['cores']:.2f} cores over {result.generator['wall_s']:.0f}s")
-    if memory:
-        print("server RSS: ready {rss_ready_mb:.0f} MB, start of load {rss_start_mb:.0f} MB, middle {rss_mid_mb:.0f} MB, "
-              "end {rss_end_mb:.0f} MB, peak {rss_peak_mb:.0f} MB; growth {growth:+.1%} "
-              "({growth_second_half:+.1%} in the second half)".format(**memory))
-        (out / f"{args.profile}_memory.json").write_text(json.dumps(memory, indent=1))
-        limit = profile.get("max_rss_growth")
-        if limit is not None and memory["growth"] > limit:
-            breaches.append(f"server memory grew {memory['growth']:+.1%} during the run (limit {limit:+.0%})")
-    elif profile.get("max_rss_growth") is not None:
-        print(f"server memory: not checked (the {args.profile} profile's memory-growth limit needs a server this "
-              "runner starts; --host targets one it cannot measure)")
+    breaches += memory_breaches(memory, profile, args.profile, out)
     for breach in breaches:
         print(f"SLO BREACHED: {breach}")
     print(f"SLO: {'breached' if breaches else 'met'} (p95 <= {slo.p95_ms:g} ms, p99 <= {slo.p99_ms:g} ms, "

@@ -121,6 +121,9 @@ cfg["envs"] = cfg.get("envs", []) + [{"name": "SSL_CERT_FILE", "value": "/etc/ss
                                      {"name": "PIP_BREAK_SYSTEM_PACKAGES", "value": "1"}]
 yaml.safe_dump(cfg, open(out, "w"), sort_keys=False)
 PY
+  # An empty store gets the bundled default first, so the bento records a model (importing the
+  # service never writes the store).
+  .venv/bin/python -c "from glasses.registry import resolve; print('bento model:', *resolve())"
   .venv/bin/bentoml build -f "$bentofile" .
   .venv/bin/bentoml containerize --backend podman --opt network=host -t "$BENTO_IMAGE" glasses_verdict:latest "$@"
 }

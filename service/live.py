@@ -28,7 +28,7 @@ from typing import Any, Awaitable, Callable
 
 import numpy as np
 
-from glasses import monitoring, registry
+from glasses import cards, monitoring, registry
 from glasses.config import (
     CANDIDATE_ALIAS,
     DRIFT_MIN_VERDICTS,
@@ -104,8 +104,8 @@ def load_version(tag: str) -> Version:
     start = time.monotonic()
     try:
         stored = registry.get_model(tag)
-        card = registry.model_card(stored)
-        registry.check_servable(card)
+        card = cards.model_card(stored)
+        cards.check_servable(card)
         size = card["preprocessing"]["image_size"]
         classifier = load_classifier(stored, SERVE_RUNTIME, size)  # tf | litert, as the version allows
         card["runtime"] = classifier.runtime

@@ -11,30 +11,16 @@ Which version answers: the registry's `production`, followed live (service/live.
 re-reads the aliases each second, loads + checks a new target and swaps it in between batches), a
 `candidate` canary share, or what the request asks for with `?model=` / `X-Glasses-Model`.
 
-How a request flows, and why (figures and how they were measured: docs/service.md):
+How a request flows (why, with the measured alternatives and how they were measured: docs/service.md):
   1. `read_uploads` parses the multipart body itself (BentoML's parser answers 500 to several client
-     faults) and `decode_upload` decodes every image fully, in a thread pool, BEFORE anything is
-     batched: a bad upload fails its own request (4xx) and can never poison an adaptive batch.
-  2. The decoded uint8 pixels join adaptive batching IN-PROCESS: each served version has its own
-     BentoML dispatcher (service/batching.py: ModelBatching; one batch runs at a time over all of
-     them), so there is no HTTP hop and no JSON/pickle of pixels, a batch never mixes versions, and
-     BentoML's adaptive_batch_size metric of the `infer` API covers every batch. Compared in one
-     run, interleaved:
-       - a separate model service via `bentoml.depends` (pickle + HTTP hop, `runner_connection`
-         workaround for upstream #5540): 10.0-11.9 ms server CPU per request vs 5.5-9.0 ms in-process;
-       - `self.to_async.infer` goes over HTTP with JSON arrays (18 req/s, 89% errors: team notes);
-       - `bentoml.depends` resolved inside the same worker is a plain method call: no batching.
-  3. Release rule: `service.batching.GreedyDispatcher` replaces upstream's CORK wait rule. Upstream waits for
-     company as long as the mean historical queue wait allows; after a burst that mean stays high and
-     batch-1 latency stayed at 83-135 ms p50 instead of 9-12 ms, with equal throughput and CPU per
-     request. On a CPU a batch costs ~linear time per image: releasing as soon as the model is free
-     (taking everything queued meanwhile) gives batches of ~15 at concurrency 32 anyway.
-  4. Layout on the 2-core box: ONE worker (TensorFlow's intra-op threads use both cores while the
-     event loop and decode threads overlap with them). Two workers halved the batches (mean 2-6
-     instead of ~15), used as much or more CPU per request (5.8-8.0 ms) and doubled memory.
-     max_batch_size 64 (a full /predict_batch plus concurrent singles fits in one call; batches past
-     ~16 gain little per image on CPU); max_latency_ms 3000 is only the shedding bound (503) for a
-     queue that cannot drain, generous for a shared CI box. threads=1: one batch runs at a time.
+     faults) and `decode_upload` decodes every image fully, in a thread pool, before anything is
+     batched: a bad upload fails its own request (4xx) and never poisons an adaptive batch.
+  2. The decoded uint8 pixels join adaptive batching in-process (service/batching.py: ModelBatching,
+     one BentoML dispatcher per served version, one batch at a time over all of them): no HTTP hop,
+     no serialised pixels, a batch never mixes versions, and BentoML's adaptive_batch_size metric of
+     the `infer` API covers every batch.
+  3. `GreedyDispatcher` releases a batch as soon as the model is free, instead of upstream's wait rule.
+  4. One worker, max_batch_size 64, threads=1 (glasses/config.py): the layout measured best on 2 cores.
 """
 
 from __future__ import annotations
@@ -53,8 +39,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from glasses.config import (
+    BUNDLED_MODEL_FILE,
     DECODE_THREADS,
     HEADER_TIMEOUT_S,
+    IMAGE_SIZE as DEFAULT_IMAGE_SIZE,
     MAX_BATCH_IMAGES,
     MAX_REQUEST_BYTES,
     MODEL_ENV_VAR,
@@ -64,7 +52,8 @@ from glasses.config import (
     SERVE_THREADS,
     SERVE_WORKERS,
 )
-from glasses.registry import RegistryError, model_card, resolve
+from glasses.cards import model_card
+from glasses.registry import RegistryError, resolve, store_dir
 from service import pages
 from service.inference import UploadError, decode_upload, verdict
 from service.limits import install_head_timeout
@@ -81,16 +70,25 @@ from service.uploads import (
 
 log = logging.getLogger("bentoml.glasses")  # under BentoML's logger: its format and handlers
 
-# Resolved once at import, so `bentoml build` records exactly this model: GLASSES_MODEL > production >
-# newest > the bundled default (imported into an empty store). A wrong choice stops here, in one line.
-# Workers then follow the registry (service/live.py).
-try:
-    MODEL_TAG, MODEL_REASON = resolve()
-except RegistryError as exc:
-    sys.exit(f"glasses service: cannot start: {exc}")
-if MODEL_REASON.startswith("bundled"):  # said once, by the process that did it
-    print(f"glasses service: {MODEL_TAG}: {MODEL_REASON}", file=sys.stderr, flush=True)
-IMAGE_SIZE = int(model_card(bentoml.models.get(MODEL_TAG))["preprocessing"]["image_size"])
+
+def _model_at_import() -> tuple[str | None, str]:
+    """(tag, why) of the version the registry picks, read-only: importing this module writes nothing.
+
+    Resolved at import so `bentoml build` records exactly this model. An empty store gives (None, why)
+    when the bundled default exists: start-up imports and promotes it (`import_bundled_default`), and the
+    workers, which import this module afterwards, find it. A wrong choice stops here, in one line.
+    """
+    if not os.environ.get(MODEL_ENV_VAR) and not any(store_dir().glob("*/model.yaml")) and BUNDLED_MODEL_FILE.exists():
+        return None, "empty store: the bundled default is imported at start-up"
+    try:
+        return resolve(import_default=False)
+    except RegistryError as exc:
+        sys.exit(f"glasses service: cannot start: {exc}")
+
+
+MODEL_TAG, MODEL_REASON = _model_at_import()  # workers then follow the registry (service/live.py)
+IMAGE_SIZE = (int(model_card(bentoml.models.get(MODEL_TAG))["preprocessing"]["image_size"]) if MODEL_TAG
+              else DEFAULT_IMAGE_SIZE)  # the workers' import sees the imported default's own size
 Pixels = pixels_type(IMAGE_SIZE)
 
 
@@ -110,7 +108,19 @@ model_app = Starlette(routes=[Route("/model", _get_model, methods=["GET"])])
 )
 @bentoml.asgi_app(model_app, path="/")
 class GlassesService:
-    bento_model = bentoml.models.BentoModel(MODEL_TAG)
+    if MODEL_TAG:  # recorded by `bentoml build`; resolved by BentoML before start-up
+        bento_model = bentoml.models.BentoModel(MODEL_TAG)
+
+    @bentoml.on_deployment
+    def import_bundled_default() -> None:
+        """Once per server, before any worker starts: an empty store gets the bundled default model,
+        imported and promoted (said once, on stderr)."""
+        if MODEL_TAG is None:
+            try:
+                tag, why = resolve()
+            except RegistryError as exc:
+                sys.exit(f"glasses service: cannot start: {exc}")
+            print(f"glasses service: {tag}: {why}", file=sys.stderr, flush=True)
 
     def __init__(self) -> None:
         self.live = LiveModels(pin=os.environ.get(MODEL_ENV_VAR))  # loads, checks and warms up production

@@ -236,3 +236,33 @@ def test_too_few_persons_for_the_folds(tmp_path):
     root = make_folders(tmp_path / "photos", n_glasses=16, n_no_glasses=16, persons=8)
     with pytest.raises(UserError, match="needs at least 10 persons; the sources have 8"):
         review([f"folders:{root}"], tmp_path / "out", folds=10, work_dir=tmp_path / "work")
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+def test_features_go_through_the_models_own_preprocessing(standardize):
+    """On a mirror-symmetric photo both trunk calls see the same input, so the model's P(glasses) is
+    exactly its final Dense on the features: true only if the luma conv and the per-image
+    standardisation before the trunk were applied."""
+    import keras
+
+    from training.features import _penultimate, feature_extractor
+    from training.models import _luma_flip_model
+
+    model = _luma_flip_model(32, luma=True, trunk="gap", width=0.25, units=8, standardize=standardize,
+                             learning_rate=1e-3, decay_steps=10, name="tiny")
+    half = np.random.default_rng(1).integers(0, 256, size=(3, 32, 16, 3), dtype=np.uint8)
+    photos = np.concatenate([half, half[:, :, ::-1]], axis=2)  # mirror-symmetric
+    features = feature_extractor(model)(photos)
+    dense = _penultimate(model)[0].layers[-1]
+    assert features.shape == (3, dense.input.shape[-1])
+    expected = model.predict(photos.astype(np.float32) / 255.0, verbose=0).ravel()
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(dense(features)).ravel(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_the_committed_celeba_review_list_is_an_exclusion_file():
+    """glasses/data/excluded-celeba-review.txt: folder paths (class/file), readable by prepare --exclude."""
+    from training.exclusions import read_exclusion_file
+
+    listed = read_exclusion_file(REPO / "glasses" / "data" / "excluded-celeba-review.txt")
+    assert len(listed.ids) == 7
+    assert all(i.split("/")[0] in ("glasses", "no_glasses") and i.endswith(".jpg") for i in listed.ids)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from _training import cli_env, glasses_train, tiny_source
+from glasses.files import file_sha256
 from training.rundir import RunDir
 
 
@@ -98,3 +99,49 @@ def test_experiments_reuses_a_finished_run_for_the_hyperband_row(finished_run):
     with pytest.raises(UserError, match="another split manifest"):  # 128 px: a different manifest
         experiments(f"folders:{finished_run['source']}", profile="smoke", epochs=1, size=128,
                     work_dir=finished_run["work"], out_dir=finished_run["base"] / "exp-other", tuned_run=run_dir)
+
+
+@pytest.fixture(scope="module")
+def excluding_run(tmp_path_factory):
+    """`run --exclude A --exclude B` on the tiny source: A leaves out one glasses photo, B one no_glasses photo."""
+    base = tmp_path_factory.mktemp("run-exclude")
+    source = tiny_source(tmp_path_factory.getbasetemp())
+    left_out = {cls: sorted(p.relative_to(source).as_posix() for p in (source / cls).iterdir())[0]
+                for cls in ("glasses", "no_glasses")}
+    files = {cls: base / f"exclude-{cls}.txt" for cls in left_out}
+    for cls, path in files.items():
+        path.write_text(f"# reviewed by eye\n{left_out[cls]}  # wrong label\n")
+    env = cli_env(BENTOML_HOME=str(base / "bentoml"), BENTOML_DO_NOT_TRACK="True")
+    proc = glasses_train(["run", "--source", f"folders:{source}", "--profile", "smoke", "--size", "64", "--no-promote", "--force",
+                          "--exclude", str(files["glasses"]), "--exclude", str(files["no_glasses"]),
+                          "--work-dir", str(base / "work")], env=env, timeout=400)
+    return {"proc": proc, "env": env, "files": files, "left_out": left_out}
+
+
+def test_run_exclude_reaches_prepare_and_the_lineage(excluding_run):
+    proc = excluding_run["proc"]
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+    files, left_out = excluding_run["files"], excluding_run["left_out"]
+    artefacts = dict(line.split(None, 1) for line in proc.stdout.split("== artefacts")[1].strip().splitlines())
+    for cls, path in files.items():
+        assert f"excluded by {path.resolve()} (sha256 {file_sha256(path)[:12]})" in proc.stdout
+    manifest = json.loads(Path(artefacts["manifest"].strip()).read_text())
+    kept = {f for split in manifest["splits"].values() for f in split["files"]}
+    assert len(kept) == 64 - 2 and not kept & set(left_out.values())
+    expected = [{"file": str(files[cls].resolve()), "sha256": file_sha256(files[cls]),
+                 "removed": {"glasses": int(cls == "glasses"), "no_glasses": int(cls == "no_glasses")}}
+                for cls in ("glasses", "no_glasses")]
+    recorded = [{k: r[k] for k in ("file", "sha256", "removed")} for r in manifest["exclusions"]]
+    assert recorded == expected
+    shown = glasses_train(["registry", "show", artefacts["tag"].strip()], env=excluding_run["env"], timeout=120)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    lineage = json.loads(shown.stdout)["metadata"]["data_exclusions"]
+    assert [{k: r[k] for k in ("file", "sha256", "removed")} for r in lineage] == expected
+
+
+def test_run_with_a_missing_exclusion_file_is_one_line(finished_run, tmp_path):
+    proc = glasses_train(["run", "--source", f"folders:{finished_run['source']}", "--profile", "smoke",
+                          "--exclude", str(tmp_path / "gone.txt"), "--work-dir", str(tmp_path)],
+                         env=finished_run["env"], timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"glasses-train run: error: exclusion file not found: {tmp_path / 'gone.txt'}"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -20,9 +21,10 @@ import pytest
 import requests
 from PIL import Image
 
-from _service import REPO_ROOT, ServiceServer, model_file, shared_server
+from _service import REPO_ROOT, ServiceServer, bundled_server, model_file, shared_server
 from glasses import preprocessing
-from glasses.config import CLASS_MAP, IMAGE_SIZE, MAX_REQUEST_BYTES
+from glasses.config import BUNDLED_MODEL_FILE, CLASS_MAP, IMAGE_SIZE, MAX_REQUEST_BYTES
+from glasses.registry import archive_tag
 
 TOLERANCE = 1e-5
 
@@ -291,3 +293,26 @@ def test_greedy_dispatcher_sheds_requests_queued_past_max_latency():
     sizes, results = _run_dispatcher(max_latency_ms=50, hold_first=0.5)
     assert sizes == [1]
     assert results == [2] + ["shed"] * 10
+
+
+def test_importing_the_service_leaves_an_empty_store_empty(tmp_path):
+    home = tmp_path / "bentoml"
+    home.mkdir()
+    code = "import service.service as s; print(s.MODEL_TAG)"
+    env = {k: v for k, v in os.environ.items() if k != "GLASSES_MODEL"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                          env={**env, "BENTOML_HOME": str(home), "PYTHONPATH": str(REPO_ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == ("None" if BUNDLED_MODEL_FILE.exists() else "")
+    assert list(home.iterdir()) == []
+
+
+def test_start_up_imports_and_promotes_the_bundled_default_into_an_empty_store(request, tmp_path_factory):
+    if not BUNDLED_MODEL_FILE.exists():
+        pytest.skip(f"no bundled model at {BUNDLED_MODEL_FILE}")
+    server = bundled_server(request, tmp_path_factory)
+    tag = archive_tag(BUNDLED_MODEL_FILE)
+    card = requests.get(f"{server.url}/model", timeout=30).json()
+    assert card["tag"] == tag and card["aliases"]["production"]["tag"] == tag
+    log = server.log_tail(400)
+    assert log.count("imported into the empty store and promoted") == 1, log

@@ -7,7 +7,7 @@ rescaling and before batching:
     fn(image float32 (S, S, 3) in [0, 1], label) -> (image float32 (S, S, 3) in [0, 1], label)
 
 `celeba` makes a model trained on aligned CelebA photos hold its verdict on what users really upload
-(each step answers one of issue 7's behavioural checks):
+(each step answers one of the behavioural checks in tests/test_behaviour.py):
 
     JPEG re-encoding, quality 60-100        phone JPEGs, PNG vs JPEG q95, 2x size
     horizontal flip                         flipped faces
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
-# The `celeba` recipe (see models/README.md and issue 7 for how it was chosen).
+# The `celeba` recipe (models/README.md says how it was chosen).
 CELEBA_AUGMENTATION: dict[str, Any] = {
     "jpeg_quality": (60, 100),  # tf.image.random_jpeg_quality bounds
     "flip": "horizontal",

@@ -43,15 +43,15 @@ def score_version(tag: str, source: str, *, split: str = "test", work_dir: str |
     Returns {"tag", "image_size", "threshold", "ids", "correct", "metrics"}; `ids` and `correct`
     (per photo: verdict right or not) are in split order.
     """
-    from glasses import registry
+    from glasses import cards, registry
     from glasses.files import load_keras_model
     from training.data import photo_keys, read_manifest
     from training.evaluate import binary_metrics, predict_split
     from training.prepare import prepare
 
     stored = registry.get_model(tag)
-    card = registry.model_card(stored)  # what the service reads: same defaults, same refusals
-    registry.check_servable(card)
+    card = cards.model_card(stored)  # what the service reads: same defaults, same refusals
+    cards.check_servable(card)
     meta = stored.info.metadata
     size, threshold = card["preprocessing"]["image_size"], card["threshold"]
     manifest_path = prepare(source, size=size, work_dir=work_dir, progress=False).manifest_path

@@ -173,7 +173,7 @@ def evaluate(
     calibration: "platt" | "temperature" (fitted on validation) | None; robust: also score the
     conditions of training/robustness.py (robustness.json/.md). Returns the report dict; with out_dir
     also writes evaluation.json, learning_curves.png and reliability.png there."""
-    from training.data import manifest_hash, read_manifest
+    from training.data import read_manifest
 
     model_path = check_keras_file(model) if isinstance(model, (str, Path)) else None
     manifest_path = Path(manifest_path)
@@ -200,10 +200,7 @@ def evaluate(
         "validation_metrics": binary_metrics(val_true, val_prob, value) if len(val_true) else None,
         "calibration": fitted,
         "ece": ece,
-        "manifest_path": str(manifest_path.resolve()),
-        "manifest_hash": manifest_hash(manifest_path),
-        "data_fingerprint": manifest["fingerprint"],
-        "image_size": int(manifest["size"]),
+        **data_facts(manifest_path, manifest),
         "params": int(model.count_params()),
         "model_sha256": model_sha256,
     }
@@ -218,6 +215,14 @@ def evaluate(
     if out_dir is not None:
         write_outputs(RunDir(out_dir), report, manifest, history or {}, title, test_true, test_prob)
     return report
+
+
+def data_facts(manifest_path: Path, manifest: dict) -> dict:
+    """Which data a report is about: the split manifest (path, hash), its fingerprint and image size."""
+    from training.data import manifest_hash
+
+    return {"manifest_path": str(manifest_path.resolve()), "manifest_hash": manifest_hash(manifest_path),
+            "data_fingerprint": manifest["fingerprint"], "image_size": int(manifest["size"])}
 
 
 def write_outputs(out: RunDir, report: dict, manifest: dict, history: dict, title: str,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from glasses.config import DEFAULT_THRESHOLD, PAPER_RESULTS, TUNING_PROFILES, WORK_DIR
 from glasses.files import write_json_atomic
@@ -81,12 +82,8 @@ def experiments(
 ) -> Path:
     """Run the ladder + Hyperband on `source`; returns the path of results.md."""
     from training import models
-    from training.evaluate import evaluate, evaluate_run, format_metrics
-    from training.data import manifest_hash
     from training.prepare import prepare
-    from training.train import fit_ladder_model
-    from training.rundir import RunDir
-    from training.tune import get_profile, tune
+    from training.tune import get_profile
 
     config = get_profile(profile)
     epochs = epochs or config.max_epochs
@@ -101,35 +98,11 @@ def experiments(
     data = prepare(source, size=size or config.image_size, work_dir=work_dir)
     manifest = data.manifest_path
     tuned_row = tuned_run_row(tuned_run, manifest) if tuned_run else None  # fail before hours of fitting
-    this_manifest = manifest_hash(manifest)
-    rows = []
-    for name in names:
-        row_file = out_dir / name / "row.json"
-        done = json.loads(row_file.read_text()) if row_file.exists() else {}
-        if done.get("manifest_hash") == this_manifest and done.get("epochs_asked") == epochs:
-            print(f"== {name}: fitted before in {out_dir}, reused", flush=True)
-            rows.append(done)
-            continue
-        print(f"== {name} ({epochs} epochs)", flush=True)
-        model, history, seconds = fit_ladder_model(name, manifest, epochs=epochs, batch_size=config.batch_size,
-                                                   seed=config.seed)
-        report = evaluate(model, manifest, threshold=DEFAULT_THRESHOLD, history=history, out_dir=out_dir / name,
-                          batch_size=config.batch_size, title=LADDER_LABELS[name])
-        print(f"   {format_metrics(report['metrics'])}", flush=True)
-        rows.append({"name": name, "params": report["params"], "epochs": len(history.get("loss", [])),
-                     "seconds": seconds, "metrics": report["metrics"], "report": report.get("report_path"),
-                     "manifest_hash": report["manifest_hash"], "epochs_asked": epochs})
-        write_json_atomic(row_file, rows[-1], indent=2)
-
+    rows = [ladder_row(name, manifest, out_dir / name, epochs=epochs, config=config) for name in names]
     if not hyperband:
         tuned_row = None
     elif tuned_run is None:
-        print(f"== hyperband (profile {profile})", flush=True)
-        result = tune(manifest, config, fresh=fresh, work_dir=work_dir, run_dir=RunDir.new(work_dir, profile).path)
-        if result.role == "worker":
-            raise UserError("experiments cannot run as a distributed-search worker; unset KERASTUNER_* variables")
-        print(f"   {format_metrics(evaluate_run(result.run_dir)['metrics'])}", flush=True)
-        tuned_row = tuned_run_row(result.run_dir, manifest)
+        tuned_row = hyperband_row(manifest, config, profile=profile, work_dir=work_dir, fresh=fresh)
     else:
         print(f"== hyperband: the evaluated model of {tuned_run}", flush=True)
     if tuned_row:
@@ -141,6 +114,44 @@ def experiments(
     print(table)
     print(f"results: {out_dir / 'results.md'}")
     return out_dir / "results.md"
+
+
+def ladder_row(name: str, manifest: Path, model_dir: Path, *, epochs: int, config: Any) -> dict:
+    """Fit and evaluate one ladder model into `model_dir`, or reuse its row.json from the same manifest and epochs."""
+    from training.data import manifest_hash
+    from training.evaluate import evaluate, format_metrics
+    from training.train import fit_ladder_model
+
+    row_file = model_dir / "row.json"
+    done = json.loads(row_file.read_text()) if row_file.exists() else {}
+    if done.get("manifest_hash") == manifest_hash(manifest) and done.get("epochs_asked") == epochs:
+        print(f"== {name}: fitted before in {model_dir.parent}, reused", flush=True)
+        return done
+    print(f"== {name} ({epochs} epochs)", flush=True)
+    model, history, seconds = fit_ladder_model(name, manifest, epochs=epochs, batch_size=config.batch_size,
+                                               seed=config.seed)
+    report = evaluate(model, manifest, threshold=DEFAULT_THRESHOLD, history=history, out_dir=model_dir,
+                      batch_size=config.batch_size, title=LADDER_LABELS[name])
+    print(f"   {format_metrics(report['metrics'])}", flush=True)
+    row = {"name": name, "params": report["params"], "epochs": len(history.get("loss", [])),
+           "seconds": seconds, "metrics": report["metrics"], "report": report.get("report_path"),
+           "manifest_hash": report["manifest_hash"], "epochs_asked": epochs}
+    write_json_atomic(row_file, row, indent=2)
+    return row
+
+
+def hyperband_row(manifest: Path, config: Any, *, profile: str, work_dir: Path, fresh: bool) -> dict:
+    """Run (or resume) the Hyperband search with `config` into a new run directory; its evaluated row."""
+    from training.evaluate import evaluate_run, format_metrics
+    from training.rundir import RunDir
+    from training.tune import tune
+
+    print(f"== hyperband (profile {profile})", flush=True)
+    result = tune(manifest, config, fresh=fresh, work_dir=work_dir, run_dir=RunDir.new(work_dir, profile).path)
+    if result.role == "worker":
+        raise UserError("experiments cannot run as a distributed-search worker; unset KERASTUNER_* variables")
+    print(f"   {format_metrics(evaluate_run(result.run_dir)['metrics'])}", flush=True)
+    return tuned_run_row(result.run_dir, manifest)
 
 
 def tuned_run_row(run_dir: str | Path, manifest: Path) -> dict:

@@ -1,8 +1,9 @@
 """Features: a trained classifier's penultimate-layer activations, as inputs for light classifiers.
 
     model file (.bentomodel archive, .keras file, or a registry tag)
-      -> the layer feeding the final Dense(1, sigmoid) (for the celeba models: the trunk's global
-         average pooling, 384 values), averaged over the photo and its mirror image
+      -> the layer feeding the final Dense(1, sigmoid) (for the celeba/robust models: the trunk's global
+         average pooling), computed through the model's own graph up to the trunk (luma conv,
+         per-image standardisation) and averaged over the photo and its mirror image
       -> float32 (N, D) features of uint8 images, batch by batch (x / 255 as everywhere else)
 
 TensorFlow / Keras are imported inside the functions, so a CLI can check its arguments first.
@@ -57,27 +58,39 @@ def _penultimate(model):
     return network, dense.input._keras_history[0]
 
 
+def _trunk_inputs(model, network) -> list:
+    """The outer graph's tensors that `network` is called on (for the celeba/robust models: the
+    preprocessed photo and its mirror image, after the luma conv and any per-image standardisation)."""
+    return [node.input_tensors[0] for node in network._inbound_nodes if node.input_tensors]
+
+
 def feature_extractor(model):
-    """A function uint8 images (N, S, S, 3) -> float32 (N, D): penultimate features, mirror-averaged."""
+    """A function uint8 images (N, S, S, 3) -> float32 (N, D): penultimate features, mirror-averaged.
+
+    A model whose trunk is a nested network gets its features through the model's own graph up to the
+    trunk (every layer and op before it, e.g. per-image standardisation), averaged over the trunk's
+    calls (photo and mirror); a plain model is run on the photo and its mirror image."""
     import keras
     import tensorflow as tf
 
     network, layer = _penultimate(model)
     head = keras.Model(network.inputs, layer.output)
     if network is model:
-        def prep(x):
-            return x
-    else:  # layers before the nested network (e.g. the frozen luma conv), run as a model of their own
-        before = [lay for lay in model.layers[1:] if lay is not network and not isinstance(lay, keras.layers.Average)]
-        stem = keras.Sequential(before) if before else None
+        stem, mirror = None, True
+    else:
+        inputs = _trunk_inputs(model, network)
+        stem = keras.Model(model.inputs, inputs)
+        mirror = len(inputs) < 2  # a trunk called once: mirror it here
 
-        def prep(x):
-            return stem(x) if stem is not None else x
+    def features(x):
+        parts = stem(x, training=False) if stem is not None else [x]
+        parts = parts if isinstance(parts, (list, tuple)) else [parts]
+        return tf.add_n([head(part, training=False) for part in parts]) / float(len(parts))
 
     @tf.function(reduce_retracing=True)
     def run(batch):
-        x = prep(tf.cast(batch, tf.float32) / 255.0)
-        return (head(x, training=False) + head(tf.reverse(x, axis=[2]), training=False)) / 2.0
+        x = tf.cast(batch, tf.float32) / 255.0
+        return (features(x) + features(tf.reverse(x, axis=[2]))) / 2.0 if mirror else features(x)
 
     def extract(images: np.ndarray) -> np.ndarray:
         out = [run(tf.constant(images[i:i + FEATURE_BATCH])).numpy() for i in range(0, len(images), FEATURE_BATCH)]

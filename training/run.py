@@ -1,6 +1,6 @@
 """Run: the whole offline pipeline in one command: prepare -> tune -> evaluate -> register (+ promote).
 
-    glasses-train run --source folders:../shared/data/celeba-glasses --profile smoke
+    glasses-train run --source folders:../shared/data/celeba-glasses --profile smoke [--exclude FILE ...]
 
 prints where every artefact went (cache + manifest, tuner project, run directory with model,
 report and learning curves, registry tag). A distributed search runs the same command everywhere
@@ -10,10 +10,14 @@ report and learning curves, registry tag). A distributed search runs the same co
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 from glasses.config import TUNING_PROFILES, WORK_DIR
 from training.cli import UserError
+
+if TYPE_CHECKING:
+    from training.prepare import PreparedData
 
 
 def run(
@@ -22,12 +26,12 @@ def run(
     *,
     size: int | None = None,
     fresh: bool = False, force: bool = False, promote: bool = True,
-    work_dir: str | Path = WORK_DIR, scheduler: str | None = None,
+    work_dir: str | Path = WORK_DIR, scheduler: str | None = None, exclude_files: list = (),
 ) -> dict:
-    """prepare -> tune -> evaluate -> register; returns {stage: artefact} (paths, tag, metrics)."""
+    """prepare -> tune -> evaluate -> register; returns {stage: artefact} (paths, tag, metrics).
+    `exclude_files` go to prepare (photo ids left out; their sha256s reach the manifest and lineage)."""
     from glasses import registry
     from training.evaluate import evaluate_run, format_metrics
-    from training.prepare import prepare_sources
     from training.register import register
     from training.tune import get_profile, tune
 
@@ -36,14 +40,7 @@ def run(
     size = size or config.image_size
     started = time.monotonic()
     out: dict = {"profile": profile}
-    sources = [source] if isinstance(source, str) else list(source)
-    print(f"== prepare {' + '.join(sources)} ({size}px)", flush=True)
-    data = prepare_sources(sources, size=size, scheduler=scheduler, work_dir=work_dir)
-    counts = {split: sum(c.values()) for split, c in data.counts.items()}
-    print(f"   manifest {data.manifest_path} ({'reused' if data.reused else 'built'}; {counts}; "
-          f"{len(data.skipped)} skipped)", flush=True)
-    for note in data.notes:
-        print(f"   note: {note}", flush=True)
+    data = _prepare(source, size, scheduler, work_dir, exclude_files)
     out["manifest"] = str(data.manifest_path)
 
     print(f"== tune (profile {profile})", flush=True)
@@ -77,6 +74,26 @@ def run(
     return out
 
 
+def _prepare(source: str | list[str], size: int, scheduler: str | None, work_dir: Path, exclude_files) -> "PreparedData":
+    """The prepare stage: builds or reuses the split manifest and prints what it holds and left out."""
+    from training.prepare import prepare_sources
+
+    sources = [source] if isinstance(source, str) else list(source)
+    print(f"== prepare {' + '.join(sources)} ({size}px)", flush=True)
+    data = prepare_sources(sources, size=size, scheduler=scheduler, work_dir=work_dir,
+                           exclude_files=list(exclude_files))
+    counts = {split: sum(c.values()) for split, c in data.counts.items()}
+    print(f"   manifest {data.manifest_path} ({'reused' if data.reused else 'built'}; {counts}; "
+          f"{len(data.skipped)} skipped)", flush=True)
+    for record in data.exclusions:
+        what = "the paper's list" if record.get("shipped") else record["file"]
+        removed = ", ".join(f"{c} {n}" for c, n in record["removed"].items())
+        print(f"   excluded by {what} (sha256 {record['sha256'][:12]}): {removed}", flush=True)
+    for note in data.notes:
+        print(f"   note: {note}", flush=True)
+    return data
+
+
 def _print_artefacts(out: dict, started: float) -> None:
     print("== artefacts")
     for key in ("manifest", "tuner_dir", "run_dir", "model", "report", "learning_curves", "store", "tag"):
@@ -88,12 +105,14 @@ def _print_artefacts(out: dict, started: float) -> None:
 
 
 def add_cli(subparsers) -> None:
-    """`glasses-train run --source SRC [--profile P] [--fresh] [--force] [--no-promote]`."""
+    """`glasses-train run --source SRC [--profile P] [--exclude FILE ...] [--fresh] [--force] [--no-promote]`."""
     p = subparsers.add_parser("run", help="prepare -> tune -> evaluate -> register, in one command")
     p.add_argument("--source", required=True, action="append",
                    help="kaggle | kaggle-dir:PATH | folders:PATH; repeat for several (their union, split by person)")
     p.add_argument("--profile", default="paper", choices=sorted(TUNING_PROFILES))
     p.add_argument("--size", type=int, default=None, help="image side (default: the profile's)")
+    p.add_argument("--exclude", action="append", default=[], metavar="FILE",
+                   help="leave out the photo ids listed in FILE (repeatable; passed to prepare, see prepare --help)")
     p.add_argument("--fresh", action="store_true", help="restart the search instead of resuming it")
     p.add_argument("--force", action="store_true", help="register even if the quality gate refuses")
     p.add_argument("--no-promote", action="store_true", help="register without promoting")
@@ -103,6 +122,9 @@ def add_cli(subparsers) -> None:
 
 
 def _cli(args) -> int:
+    for path in args.exclude:  # before anything heavy is imported
+        if not Path(path).expanduser().is_file():
+            raise UserError(f"exclusion file not found: {Path(path).expanduser().resolve()}")
     run(args.source, args.profile, size=args.size, fresh=args.fresh, force=args.force,
-        promote=not args.no_promote, work_dir=args.work_dir, scheduler=args.scheduler)
+        promote=not args.no_promote, work_dir=args.work_dir, scheduler=args.scheduler, exclude_files=args.exclude)
     return 0
