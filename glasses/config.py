@@ -184,15 +184,15 @@ TUNING_PROFILES: dict[str, TuningProfile] = {
             image_size=IMAGE_SIZE, batch_size=BATCH_SIZE, gate_metric="roc_auc", gate_floor=0.90,
         ),
         # Real photos as users send them (both CelebA sources, split by person): the celeba model plus
-        # per-image standardisation at half width, trained with training/augment.py robust (framing,
-        # rotation, low resolution, blur, exposure, JPEG) for 10 epochs; Platt calibration on validation.
+        # per-image standardisation at full width, trained with training/augment.py robust (framing,
+        # rotation, low resolution, blur, exposure, JPEG) for 14 epochs; Platt calibration on validation.
         # Recipe and measurements: models/README.md.
         TuningProfile(
             name="robust",
             description="real photos, any framing: celeba model + per-image standardisation, robust augmentation, calibrated",
             search_space="robust", objective="val_auc",
-            max_epochs=1, factor=3, hyperband_iterations=1, seed=SEED, patience=10,
-            final_epochs=10, class_weight="balanced", augment="robust", threshold="val_balanced_accuracy",
+            max_epochs=1, factor=3, hyperband_iterations=1, seed=SEED, patience=14,
+            final_epochs=14, class_weight="balanced", augment="robust", threshold="val_balanced_accuracy",
             image_size=IMAGE_SIZE, batch_size=BATCH_SIZE, gate_metric="roc_auc", gate_floor=0.90,
         ),
     )

@@ -263,7 +263,7 @@ def build_robust_hypermodel(hp, size: int = IMAGE_SIZE, train_steps: int | None 
     """The `robust` profile's model: the celeba model (luma, GAP trunk, flip average) with per-image
     standardisation after the luma layer, the cosine schedule spanning the whole fit (every value Fixed; the recipe and the measurements behind it: models/README.md)."""
     return _luma_flip_model(
-        size, luma=True, trunk="gap", width=hp.Fixed("width", 0.5), units=96,
+        size, luma=True, trunk="gap", width=hp.Fixed("width", 1.0), units=96,
         standardize=hp.Fixed("standardize", True), learning_rate=hp.Fixed("learning_rate", 2e-3),
         decay_steps=_decay_steps(hp, train_steps), name="robust")
 
