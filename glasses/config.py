@@ -254,6 +254,12 @@ SERVE_WORKERS = int(os.environ.get("GLASSES_SERVE_WORKERS", "1"))  # processes, 
 SERVE_THREADS = 1  # threads running batches (the dispatcher runs one batch at a time anyway)
 SERVE_DISPATCH = os.environ.get("GLASSES_DISPATCH", "greedy")  # "greedy" | "cork" (BentoML's own rule)
 DECODE_THREADS = 4  # threads decoding uploads (PIL releases the GIL while decoding/resizing)
+# Uploads smaller than this are decoded on the event loop (no thread hop); larger ones in DECODE_THREADS.
+DECODE_INLINE_BYTES = int(os.environ.get("GLASSES_DECODE_INLINE_BYTES", "0"))
+# Per-request costs of BentoML's HTTP stack the service does not need by default (docs/service.md):
+# one access-log line per request, and OpenTelemetry spans nobody exports (no tracing exporter is set).
+SERVE_ACCESS_LOG = os.environ.get("GLASSES_ACCESS_LOG", "0") == "1"
+SERVE_TRACING = os.environ.get("GLASSES_TRACING", "0") == "1"  # 1: spans as BentoML makes them
 # Live registry (service/live.py, docs/service.md "Live registry"). Each worker re-reads the alias
 # file every RELOAD_POLL_S; a change is loaded, checked and swapped in, so every worker serves the new
 # target within RELOAD_POLL_S + its load-and-check time (the bound: RELOAD_BOUND_S, measured in docs/).
@@ -267,6 +273,7 @@ PARITY_TOLERANCE = 1e-4  # max |P(glasses) at registration - P after loading| on
 DRIFT_BINS = 10  # reference histogram of P(glasses) on the test split
 DRIFT_WINDOW = 500  # PSI over the last N verdicts of a version (per worker)
 DRIFT_MIN_VERDICTS = 100  # no PSI before this many verdicts
+DRIFT_PSI_EVERY = 50  # recompute a version's PSI after this many new verdicts (not on every request)
 DRIFT_WORRY_PSI = 0.25  # the value an operator should act on (0.1-0.25: watch)
 # POST /explain (service/explain.py): occlusion patch and stride as fractions of the model's input side,
 # copies scored per classifier call, the longest side of the returned PNG; at most EXPLAIN_CONCURRENCY

@@ -32,6 +32,7 @@ from glasses import cards, monitoring, registry
 from glasses.config import (
     CANDIDATE_ALIAS,
     DRIFT_MIN_VERDICTS,
+    DRIFT_PSI_EVERY,
     DRIFT_WINDOW,
     MODEL_HEADER,
     PARITY_TOLERANCE,
@@ -76,6 +77,7 @@ class Version:
     explainer: Any = None  # /explain's replica of `classifier`, made on first use (service/pages.py)
     recent: deque = field(default_factory=lambda: deque(maxlen=DRIFT_WINDOW))
     psi: float | None = None
+    unscored: int = 0  # verdicts since its PSI was last computed
 
     @property
     def threshold(self) -> float:
@@ -262,7 +264,10 @@ class LiveModels:
     def _observe(self, version: Version, probabilities: np.ndarray) -> None:
         self.metrics.verdicts(version.tag, probabilities, version.threshold)
         version.recent.extend(float(p) for p in probabilities)
-        if version.reference and len(version.recent) >= DRIFT_MIN_VERDICTS:
+        version.unscored += len(probabilities)
+        if (version.reference and len(version.recent) >= DRIFT_MIN_VERDICTS
+                and (version.psi is None or version.unscored >= DRIFT_PSI_EVERY)):
+            version.unscored = 0
             version.psi = monitoring.psi(version.reference, version.recent)
             self.metrics.psi(version.tag, version.psi)
 

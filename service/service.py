@@ -40,6 +40,7 @@ from starlette.routing import Route
 
 from glasses.config import (
     BUNDLED_MODEL_FILE,
+    DECODE_INLINE_BYTES,
     DECODE_THREADS,
     HEADER_TIMEOUT_S,
     IMAGE_SIZE as DEFAULT_IMAGE_SIZE,
@@ -48,8 +49,10 @@ from glasses.config import (
     MODEL_ENV_VAR,
     MODEL_HEADER,
     SERVE_MAX_BATCH_SIZE,
+    SERVE_ACCESS_LOG,
     SERVE_MAX_LATENCY_MS,
     SERVE_THREADS,
+    SERVE_TRACING,
     SERVE_WORKERS,
 )
 from glasses.cards import model_card
@@ -105,6 +108,8 @@ model_app = Starlette(routes=[Route("/model", _get_model, methods=["GET"])])
     workers=SERVE_WORKERS,
     threads=SERVE_THREADS,
     traffic={"timeout": 60},
+    logging={"access": {"enabled": SERVE_ACCESS_LOG}},
+    tracing={} if SERVE_TRACING else {"excluded_urls": ["/"]},  # "/" matches every URL: no spans
 )
 @bentoml.asgi_app(model_app, path="/")
 class GlassesService:
@@ -201,7 +206,10 @@ class GlassesService:
             raise UploadError(str(exc), status=404) from None
 
     async def _decode(self, data: bytes, size: int) -> np.ndarray:
-        """Strict decode in a worker thread (PIL releases the GIL while decoding and resizing)."""
+        """Strict decode: a small upload on the event loop (a thread hop costs more than it saves), a
+        larger one in a worker thread (PIL releases the GIL while decoding and resizing)."""
+        if len(data) < DECODE_INLINE_BYTES:
+            return decode_upload(data, size)
         if self._decode_limiter is None:
             self._decode_limiter = anyio.CapacityLimiter(DECODE_THREADS)
         return await anyio.to_thread.run_sync(decode_upload, data, size, limiter=self._decode_limiter)
