@@ -226,7 +226,7 @@ SERVE_RUNTIME = os.environ.get("GLASSES_RUNTIME", "auto")
 # the image's contrast, which amplifies float32 summation-order differences on flat check images to
 # ~7e-5 (4.5e-7 for the `celeba` model): 2e-4 still refuses every broken conversion.
 LITERT_TOLERANCE = 2e-4
-LITERT_THREADS = int(os.environ.get("GLASSES_LITERT_THREADS", "1"))  # XNNPACK threads per interpreter
+LITERT_THREADS = int(os.environ.get("GLASSES_LITERT_THREADS", "2"))  # XNNPACK threads per interpreter (measured: docs/loadtests.md)
 # Interpreter batch: larger batches run in chunks of this size (the tensor arena grows with the batch:
 # ~75 MB RSS at 16 against ~230 MB at 64 for the bundled model; per image, 16 is as fast).
 LITERT_MAX_BATCH = 16
