@@ -3,7 +3,8 @@
 Each replica has its own writable BENTOML_HOME (BentoML keeps per-server files there) whose models/
 is the shared store's, and reads the shared alias file through GLASSES_REGISTRY_DIR, as the
 Kubernetes Deployment does. Promote under load -> both replicas switch; kill -9 one replica -> no
-client request fails (haproxy retries it on the other). Skips when haproxy is not installed.
+client request fails (haproxy retries it on the other), except a response the kill cut after its
+headers had left (no proxy can retry that; at most one per client thread). Skips when haproxy is not installed.
 """
 
 from __future__ import annotations
@@ -112,6 +113,7 @@ def test_killing_one_replica_fails_no_client_request(replicas):
     url, _, servers, (_, b), proxy = replicas
     with Load(url) as load:
         assert load.wait_for(lambda answers: len(answers) >= 20, BOUND_S)
+        killed_time = time.monotonic()
         for proc in servers[1]._processes():  # kill -9 the whole replica: server and workers
             try:
                 proc.kill()
@@ -119,7 +121,11 @@ def test_killing_one_replica_fails_no_client_request(replicas):
                 pass
         killed_at = len(load.answers)
         assert load.wait_for(lambda answers: len(answers) >= killed_at + 60, BOUND_S)
-    failed = [x for x in load.answers if x.status != 200]
+    # A response whose headers had left the killed replica before its body cannot be retried by any
+    # proxy: only those (in flight at the kill, cut mid-body, at most one per client thread) may fail.
+    cut = [x for x in load.answers if x.status == 0 and x.sent < killed_time and "IncompleteRead" in x.error]
+    failed = [x for x in load.answers if x.status != 200 and x not in cut]
+    assert len(cut) <= len(load._threads), f"{len(cut)} responses cut mid-body by the kill: {cut[:3]}"
     if failed:
         proxy.terminate()
         pytest.fail(f"{len(failed)} of {len(load.answers)} client requests failed: {failed[:3]}\n"
