@@ -26,9 +26,25 @@ IMAGE_SIZE = 128  # the paper's choice
 ALLOWED_SIZES: tuple[int, ...] = (64, 128, 256)
 MAX_IMAGE_PIXELS = 50_000_000  # decompression-bomb guard (a 48 MP phone photo still fits)
 
+# --- face framing (glasses/faces.py) -----------------------------------------------------------
+# A version with metadata framing="face" sees every photo cropped to the training photos' framing
+# around the face BlazeFace finds; a photo with no face is refused (422). The detector is Google's
+# BlazeFace short-range model, carried inside the `mediapipe` wheel on PyPI (Apache-2.0):
+# scripts/fetch_face_detector.py extracts that one file at set-up (never at run time), checked by sha256.
+FRAMINGS: tuple[str, ...] = ("none", "face")
+FACE_DETECTOR_PACKAGE = ("mediapipe", "0.10.14")
+FACE_DETECTOR_MEMBER = "mediapipe/modules/face_detection/face_detection_short_range.tflite"
+FACE_DETECTOR_SHA256 = "bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8"
+FACE_MIN_SCORE = 0.5  # detector confidence below which a photo has no face
+# Where the face box sits in the training photos (medians over the CelebA test photos, both sets):
+# box width / frame width, box height / frame height, box centre x / width, centre y / height.
+FACE_FRAME_BOX_W, FACE_FRAME_BOX_H = 0.551, 0.521
+FACE_FRAME_CENTRE = (0.502, 0.573)
+
 # --- paths --------------------------------------------------------------------------------------
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXCLUDED_IDS_FILE = Path(__file__).resolve().parent / "data" / "excluded-kaggle-ids.txt"
+FACE_DETECTOR_FILE = Path(__file__).resolve().parent / "data" / "face_detection_short_range.tflite"  # not committed
 WORK_DIR = Path(os.environ.get("GLASSES_WORK_DIR", REPO_ROOT / "artifacts"))  # caches, tuner dirs, reports
 BUNDLED_MODEL_FILE = REPO_ROOT / "models" / "glasses_classifier.bentomodel"
 

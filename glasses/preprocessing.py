@@ -4,6 +4,8 @@
       -> decode strictly (whole file read, format and pixel-count checked, first frame only)
       -> apply EXIF orientation
       -> convert to RGB (one rule per PIL mode, see `to_rgb`)
+      -> framing "face" only (a version's metadata `framing`): crop to the training photos' framing
+         around the detected face, or refuse with NoFaceError (glasses/faces.py); "none": unchanged
       -> resize to size x size with PIL's BILINEAR filter (antialiased when shrinking), aspect ratio
          not kept (as the paper's `image_dataset_from_directory`)
       -> uint8 array (size, size, 3)            <- what the training cache stores
@@ -22,12 +24,15 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from glasses.config import ALLOWED_SIZES, IMAGE_SIZE, MAX_IMAGE_PIXELS
+from glasses.config import ALLOWED_SIZES, FACE_MIN_SCORE, FRAMINGS, IMAGE_SIZE, MAX_IMAGE_PIXELS
+
+if TYPE_CHECKING:
+    from glasses.faces import Face
 
 PREPROCESSING_VERSION = "pil-bilinear-rgb-white-v1"
 RESAMPLE = Image.Resampling.BILINEAR
@@ -44,6 +49,10 @@ ImageSource = Union[bytes, bytearray, memoryview, str, Path, Image.Image]
 
 class ImageDecodeError(ValueError):
     """An upload or file that is not a usable image; the message says why, for the client."""
+
+
+class NoFaceError(ImageDecodeError):
+    """A decodable image in which a framing="face" version finds no face."""
 
 
 def decode(data: bytes | bytearray | memoryview | str | Path) -> Image.Image:
@@ -110,16 +119,42 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def to_uint8(source: ImageSource, size: int = IMAGE_SIZE) -> np.ndarray:
-    """Contract up to the cacheable stage: image -> uint8 array (size, size, 3)."""
-    if size not in ALLOWED_SIZES:
-        raise ValueError(f"image size must be one of {ALLOWED_SIZES}, got {size}")
+def load_rgb(source: ImageSource) -> Image.Image:
+    """Contract's first steps: decode strictly (unless given a PIL image), EXIF orientation, RGB."""
     img = source if isinstance(source, Image.Image) else decode(source)
     img = ImageOps.exif_transpose(img) or img
-    img = to_rgb(img)
+    return to_rgb(img)
+
+
+def framed(img: Image.Image, framing: str = "none") -> tuple[Image.Image, "Face | None"]:
+    """The optional framing step on an RGB image: "none" keeps it; "face" crops it to the training
+    framing around the detected face (glasses/faces.py) and raises NoFaceError when there is none."""
+    if framing == "none":
+        return img, None
+    if framing != "face":
+        raise ValueError(f"framing must be one of {FRAMINGS}, got {framing!r}")
+    from glasses import faces
+
+    face = faces.find_face(img)
+    if face is None:
+        raise NoFaceError("no face found: the photo must show one face, eyes visible "
+                          f"(detector confidence below {FACE_MIN_SCORE})")
+    return faces.frame(img, face), face
+
+
+def framed_uint8(source: ImageSource, size: int = IMAGE_SIZE, framing: str = "none") -> tuple[np.ndarray, "Face | None"]:
+    """Contract up to the cacheable stage, and the face the framing found (None for framing "none")."""
+    if size not in ALLOWED_SIZES:
+        raise ValueError(f"image size must be one of {ALLOWED_SIZES}, got {size}")
+    img, face = framed(load_rgb(source), framing)
     if img.size != (size, size):
         img = img.resize((size, size), RESAMPLE)
-    return np.asarray(img, dtype=np.uint8).copy()
+    return np.asarray(img, dtype=np.uint8).copy(), face
+
+
+def to_uint8(source: ImageSource, size: int = IMAGE_SIZE, framing: str = "none") -> np.ndarray:
+    """Contract up to the cacheable stage: image -> uint8 array (size, size, 3)."""
+    return framed_uint8(source, size, framing)[0]
 
 
 def rescale(pixels: np.ndarray) -> np.ndarray:

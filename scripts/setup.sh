@@ -9,6 +9,8 @@ python3.11 -m venv .venv 2>/dev/null || python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip setuptools wheel
 # `.[gpu,train,dev]` instead of `.[cpu,train,dev]` on a machine with an NVIDIA GPU.
 .venv/bin/python -m pip install --quiet -e ".[cpu,train,dev]"
+# The face detector (framing="face" versions, glasses/faces.py): one file from the mediapipe wheel.
+.venv/bin/python scripts/fetch_face_detector.py
 
 # As root on Debian: podman/runc/debootstrap (the container test) and Debian's chromium with its
 # matching chromedriver (the browser tests and scripts/screenshots.py), haproxy (tests/test_replicas.py);

@@ -218,7 +218,7 @@ def conditions(celeba_dir: Path, tmp_path_factory) -> dict:
         return calibration.apply(raw, metadata.get("calibration"))
 
     size = int(metadata.get("image_size", 128))
-    return {"p": score_conditions(served, photos, size=size, seed=SEED), "y": labels,
+    return {"p": score_conditions(served, photos, size=size, seed=SEED, framing=metadata.get("framing", "none"))[0], "y": labels,
             "threshold": float(metadata.get("threshold", DEFAULT_THRESHOLD))}
 
 

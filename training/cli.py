@@ -26,6 +26,7 @@ STAGES = (
     "training.evaluate",
     "training.register",
     "training.convert",
+    "training.framing",
     "training.registry_cli",
     "training.compare",
     "training.run",

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from glasses.config import CLASS_NAMES, IMAGE_SIZE, SEED
-from glasses.preprocessing import decode, to_uint8
+from glasses.preprocessing import NoFaceError, decode, to_uint8
 
 REPORT_JSON = "robustness.json"
 REPORT_MD = "robustness.md"
@@ -120,12 +120,25 @@ def photo_variants(data: bytes, index: int, *, size: int = IMAGE_SIZE, seed: int
                    conditions: tuple[str, ...] = tuple(CONDITIONS)) -> np.ndarray:
     """uint8 (len(conditions), size, size, 3): every condition of one photo through the contract.
     Deterministic: photo `index` gets the same alterations for the same seed."""
+    return framed_variants(data, index, size=size, seed=seed, conditions=conditions)[0]
+
+
+def framed_variants(data: bytes, index: int, *, size: int = IMAGE_SIZE, seed: int = SEED,
+                    conditions: tuple[str, ...] = tuple(CONDITIONS), framing: str = "none") -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 (len(conditions), size, size, 3), no_face bool (len(conditions),)): every condition of one
+    photo through the contract with `framing`. Where framing "face" finds no face (the service's 422),
+    the unframed photo is scored and no_face says so. Deterministic: same alterations for the same seed."""
     img = decode(data).convert("RGB")
     out = np.empty((len(conditions), size, size, 3), np.uint8)
+    no_face = np.zeros(len(conditions), bool)
     for k, condition in enumerate(conditions):
         rng = np.random.default_rng([seed, index, k])
-        out[k] = to_uint8(altered(img, condition, rng), size)
-    return out
+        photo = altered(img, condition, rng)
+        try:
+            out[k] = to_uint8(photo, size, framing)
+        except NoFaceError:
+            out[k], no_face[k] = to_uint8(photo, size), True
+    return out, no_face
 
 
 def split_photo_bytes(manifest: dict, split: str = "test") -> list[bytes]:
@@ -156,25 +169,30 @@ def condition_metrics(y: np.ndarray, p: np.ndarray, people: np.ndarray, threshol
 
 
 def score_conditions(predict: Callable[[np.ndarray], np.ndarray], photos: list[bytes], *, size: int,
-                     seed: int, chunk: int = 64) -> np.ndarray:
-    """P(glasses) (n_conditions, n_photos): photos altered in threads (PIL releases the GIL), chunk by chunk."""
+                     seed: int, chunk: int = 64, framing: str = "none") -> tuple[np.ndarray, np.ndarray]:
+    """(P(glasses), no_face), each (n_conditions, n_photos): photos altered and framed in threads (PIL
+    releases the GIL), chunk by chunk."""
     conditions = tuple(CONDITIONS)
     out = np.empty((len(conditions), len(photos)), np.float64)
+    no_face = np.zeros((len(conditions), len(photos)), bool)
     with ThreadPoolExecutor(max_workers=2) as pool:
         for start in range(0, len(photos), chunk):
-            batch = list(pool.map(lambda i: photo_variants(photos[i], i, size=size, seed=seed),
+            batch = list(pool.map(lambda i: framed_variants(photos[i], i, size=size, seed=seed, framing=framing),
                                   range(start, min(start + chunk, len(photos)))))
-            pixels = np.stack(batch, axis=1)  # (conditions, photos, S, S, 3)
+            pixels = np.stack([b[0] for b in batch], axis=1)  # (conditions, photos, S, S, 3)
             flat = predict(pixels.reshape((-1,) + pixels.shape[2:]))
             out[:, start:start + len(batch)] = np.asarray(flat, np.float64).reshape(len(conditions), len(batch))
-    return out
+            no_face[:, start:start + len(batch)] = np.stack([b[1] for b in batch], axis=1)
+    return out, no_face
 
 
 def robustness(predict: Callable[[np.ndarray], np.ndarray], manifest_path: str | Path, threshold: float, *,
-               split: str = "test", seed: int = SEED, out_dir: str | Path | None = None) -> dict:
+               split: str = "test", seed: int = SEED, out_dir: str | Path | None = None,
+               framing: str = "none") -> dict:
     """Score every condition of a split; with out_dir, write robustness.json and robustness.md there.
 
-    `predict` maps uint8 pixels (N, S, S, 3) to P(glasses) (N,) as served (calibrated)."""
+    `predict` maps uint8 pixels (N, S, S, 3) to P(glasses) (N,) as served (calibrated); `framing` is
+    the version's (photos where "face" finds none are scored unframed and counted as `no_face`)."""
     from training.data import read_manifest
 
     manifest = read_manifest(manifest_path)
@@ -183,11 +201,14 @@ def robustness(predict: Callable[[np.ndarray], np.ndarray], manifest_path: str |
     people = np.asarray(entry["groups"] if entry.get("groups") else entry["files"], dtype=object).astype(str)
     names = [s["source"] for s in manifest["sources"]] if "sources" in manifest else [manifest["source"]]
     which = np.asarray(entry.get("source_index") or [0] * len(y))
-    probs = score_conditions(predict, split_photo_bytes(manifest, split), size=int(manifest["size"]), seed=seed)
+    probs, no_face = score_conditions(predict, split_photo_bytes(manifest, split), size=int(manifest["size"]),
+                                      seed=seed, framing=framing)
     report = {"split": split, "seed": seed, "threshold": float(threshold), "positive_class": CLASS_NAMES[1],
-              "manifest_path": str(Path(manifest_path).resolve()), "legend": CONDITIONS, "conditions": {}}
+              "framing": framing, "manifest_path": str(Path(manifest_path).resolve()), "legend": CONDITIONS,
+              "conditions": {}}
     for k, condition in enumerate(CONDITIONS):
-        row = {"all": condition_metrics(y, probs[k], people, threshold), "by_source": {}}
+        row = {"all": condition_metrics(y, probs[k], people, threshold) | {"no_face": int(no_face[k].sum())},
+               "by_source": {}}
         for s, name in enumerate(names):
             sel = which == s
             if len(names) > 1 and sel.any():
@@ -214,11 +235,14 @@ def markdown_table(report: dict) -> str:
     head = ["condition", "photos (glasses)", "people (with glasses)", "ROC-AUC",
             f"recall @ {report['threshold']:.3f}", "specificity", "balanced acc."]
     head += [f"{s}: AUC / recall" for s in short]
+    framed = report.get("framing", "none") != "none"
+    head += ["no face found"] if framed else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for condition, row in report["conditions"].items():
         m = row["all"]
         cells = [condition, f"{m['photos']} ({m['glasses_photos']})", f"{m['people']} ({m['glasses_people']})",
                  _f(m["roc_auc"]), _f(m["recall"]), _f(m["specificity"]), _f(m["balanced_accuracy"])]
         cells += [f"{_f(row['by_source'][s]['roc_auc'])} / {_f(row['by_source'][s]['recall'])}" for s in sources]
+        cells += [str(m.get("no_face", 0))] if framed else []
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
