@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from glasses import preprocessing
-from glasses.config import CLASS_MAP, DEFAULT_THRESHOLD, IMAGE_SIZE, POSITIVE_CLASS
+from glasses.config import CLASS_MAP, DEFAULT_THRESHOLD, FACE_DETECTOR_FILE, FRAMINGS, IMAGE_SIZE, POSITIVE_CLASS
 from glasses.registry import RegistryError
 from glasses.runtimes import available_runtimes
 
@@ -35,6 +35,7 @@ def model_card(bento_model: Any) -> dict[str, Any]:
             "version": meta.get("preprocessing_version", preprocessing.PREPROCESSING_VERSION),
             "image_size": int(meta.get("image_size", IMAGE_SIZE)),
             "served_version": preprocessing.PREPROCESSING_VERSION,
+            "framing": meta.get("framing", "none"),  # "face": cropped around the detected face (glasses/faces.py)
         },
         "labels": dict(bento_model.info.labels or {}),
         "data_source": meta.get("data_source"),
@@ -57,6 +58,11 @@ def check_servable(card: dict[str, Any]) -> None:
             f"model {card['tag']} was trained with preprocessing {prep['version']!r} but this service "
             f"applies {prep['served_version']!r}; retrain it or promote a model built with the current contract"
         )
+    if prep["framing"] not in FRAMINGS:
+        raise RegistryError(f"model {card['tag']} asks for framing {prep['framing']!r}; this code knows {FRAMINGS}")
+    if prep["framing"] == "face" and not FACE_DETECTOR_FILE.exists():
+        raise RegistryError(f"model {card['tag']} frames faces but the face detector {FACE_DETECTOR_FILE} is "
+                            "missing: run scripts/setup.sh")
     if prep["image_size"] not in preprocessing.ALLOWED_SIZES:
         raise RegistryError(f"model {card['tag']} has unsupported image_size {prep['image_size']}")
     index = _positive_index(card["class_map"])

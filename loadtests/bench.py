@@ -94,12 +94,13 @@ def register_model(home: Path) -> tuple[str, Path, str]:
 
 
 class Ceiling:
-    """Decode + preprocess + batched inference with one runtime, in this process (what the hardware allows)."""
+    """Decode + preprocess (with the version's framing) + batched inference with one runtime, in this
+    process (what the hardware allows)."""
 
-    def __init__(self, version_dir: Path, runtime: str, batch: int = CEILING_BATCH):
+    def __init__(self, version_dir: Path, runtime: str, framing: str = "none", batch: int = CEILING_BATCH):
         from glasses.runtimes import LiteRTClassifier, load_classifier
 
-        self.runtime, self.batch = runtime, batch
+        self.runtime, self.batch, self.framing = runtime, batch, framing
         if runtime == "litert":  # in-process, nothing else runs: the interpreter gets every core
             self.classify = LiteRTClassifier(version_dir / LITERT_MODEL_FILE, IMAGE_SIZE, threads=os.cpu_count() or 1)
         else:
@@ -108,7 +109,10 @@ class Ceiling:
 
     def measure(self, uploads: list, seconds: float) -> dict:
         """images/s (and its two parts) over `seconds`; CPU ms per image from this process's CPU time."""
-        from glasses.preprocessing import to_uint8
+        from glasses.preprocessing import to_uint8 as contract
+
+        def to_uint8(data: bytes) -> np.ndarray:
+            return contract(data, IMAGE_SIZE, self.framing)
 
         datas = [u.data for u in uploads]
         threads = os.cpu_count() or 2
@@ -238,7 +242,11 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         uploads = {kind: load_images(folder) for kind, folder in kinds.items()}
         for batch in uploads.values():
             check_uploads(batch)
-        pipelines = [Ceiling(model_file.parent, runtime) for runtime in available_runtimes(model_file.parent)]
+        from glasses import registry
+
+        framing = registry.get_model(tag).info.metadata.get("framing", "none")
+        report["model"]["framing"] = framing
+        pipelines = [Ceiling(model_file.parent, runtime, framing) for runtime in available_runtimes(model_file.parent)]
         ceilings: dict[str, list[dict]] = {kind: [] for kind in kinds}
 
         def measure_ceilings() -> None:  # run before and after the HTTP targets; the better run counts
@@ -284,7 +292,8 @@ def format_report(report: dict) -> str:
         f"{' '.join(m['ml_flags']) or 'none'}; TensorFlow oneDNN {m['onednn']}), "
         f"load average before {' / '.join(f'{x:.2f}' for x in report['loadavg_before'])}, "
         f"after {' / '.join(f'{x:.2f}' for x in report['loadavg_after'])}",
-        f"model {report['model']['tag']}: {report['model']['source']}",
+        f"model {report['model']['tag']}: {report['model']['source']}, framing {report['model'].get('framing', 'none')}"
+        " (ceiling, service and idiomatic peer; the naive server never frames)",
         f"load: locust FastHttpUser subprocess, {report['users']} users back-to-back, single-image POST /predict, "
         f"{report['seconds']:g} s after a {report['warmup']:g} s warm-up"
         + (f"; service env {report['service_env']}" if report["service_env"] else ""),

@@ -30,11 +30,12 @@ class IdiomaticService:
     def __init__(self) -> None:
         card = model_card(self.bento_model)
         self.size, self.threshold, self.tag = card["preprocessing"]["image_size"], card["threshold"], card["tag"]
+        self.framing = card["preprocessing"]["framing"]
         self.classifier = load_classifier(self.bento_model, SERVE_RUNTIME, self.size)
 
     @bentoml.api(batchable=True)
     def predict(self, image: list[Image.Image]) -> list[dict]:
         """Images (multipart field `image`, batched across requests) -> one verdict each."""
-        pixels = np.stack([preprocessing.to_uint8(img, self.size) for img in image])
+        pixels = np.stack([preprocessing.to_uint8(img, self.size, self.framing) for img in image])
         return [{"verdict": CLASS_NAMES[int(p >= self.threshold)], "probability": float(p),
                  "threshold": self.threshold, "model": self.tag} for p in self.classifier(pixels)]

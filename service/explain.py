@@ -1,6 +1,6 @@
 """Why a verdict: an occlusion map of the served classifier, drawn over the uploaded photo.
 
-    upload bytes --decode_upload--> uint8 (S, S, 3)       the same strict contract (and 4xx) as /predict
+    upload bytes --decode_framed--> uint8 (S, S, 3)       the same strict contract (and 4xx) as /predict
     -> copies of it with one square patch (EXPLAIN_PATCH * S, slid by EXPLAIN_STRIDE * S) filled with
        the photo's mean colour
     -> P(glasses) of every copy from the served classifier, EXPLAIN_CHUNK copies per call
@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
-from PIL import Image, ImageFilter, ImageOps
+from PIL import Image, ImageFilter
 
-from glasses import preprocessing
+from glasses import faces, preprocessing
 from glasses.config import CLASS_NAMES, EXPLAIN_CHUNK, EXPLAIN_MAX_SIDE, EXPLAIN_PATCH, EXPLAIN_STRIDE
-from service.inference import decode_upload
+from glasses.faces import Face
+from service.inference import decode_framed
 
 Predict = Callable[[np.ndarray], np.ndarray]
 LOGIT_CLIP = 1e-6  # P(glasses) is clipped to [1e-6, 1 - 1e-6] before the logit (saturated models)
@@ -118,10 +119,12 @@ def colour_map(heat: np.ndarray) -> np.ndarray:
     return rgb.reshape(*heat.shape, 3).round().astype(np.uint8)
 
 
-def oriented_photo(data: bytes, max_side: int = EXPLAIN_MAX_SIDE) -> Image.Image:
-    """The upload as a person sees it (first frame, EXIF orientation, RGB), at most max_side pixels."""
-    img = preprocessing.decode(data)
-    img = preprocessing.to_rgb(ImageOps.exif_transpose(img) or img)
+def oriented_photo(data: bytes, max_side: int = EXPLAIN_MAX_SIDE, face: Face | None = None) -> Image.Image:
+    """The upload as a person sees it (first frame, EXIF orientation, RGB; its face frame when `face`
+    is given), at most max_side pixels."""
+    img = preprocessing.load_rgb(data)
+    if face is not None:
+        img = faces.frame(img, face)
     scale = max_side / max(img.size)
     if scale < 1:
         img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
@@ -142,8 +145,10 @@ def overlay_png(photo: Image.Image, heat: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def explain_upload(data: bytes, predict: Predict, size: int, threshold: float) -> tuple[Explanation, bytes]:
-    """Upload bytes -> (its explanation, the overlay PNG); UploadError (4xx) for a bad upload."""
-    pixels = decode_upload(data, size)  # strict: every decoding fault is raised here, as on /predict
+def explain_upload(data: bytes, predict: Predict, size: int, threshold: float,
+                   framing: str = "none") -> tuple[Explanation, bytes]:
+    """Upload bytes -> (its explanation, the overlay PNG over what the model saw: the photo, or its
+    face frame for framing "face"); UploadError (4xx) for a bad upload."""
+    pixels, face = decode_framed(data, size, framing)  # strict: every fault is raised here, as on /predict
     explanation = occlusion_map(predict, pixels, threshold)
-    return explanation, overlay_png(oriented_photo(data), explanation.heat)
+    return explanation, overlay_png(oriented_photo(data, face=face), explanation.heat)

@@ -1,6 +1,7 @@
 """Heavy logic of the prediction service, importable without a server (tests and benchmarks use it).
 
-    upload bytes --decode_upload--> uint8 (S, S, 3)      strict: glasses.preprocessing.to_uint8
+    upload bytes --decode_framed--> uint8 (S, S, 3)      strict: glasses.preprocessing.framed_uint8, with
+                                                         the version's framing (and its face box)
     uint8 (N, S, S, 3) --classifier--> P(glasses) (N,)   glasses.runtimes.load_classifier (tf or litert)
     P(glasses) --verdict--> {"verdict", "probability", "threshold", "model"}
 
@@ -18,6 +19,7 @@ import numpy as np
 
 from glasses import preprocessing
 from glasses.config import CLASS_NAMES
+from glasses.faces import Face
 from glasses.runtimes import TFClassifier as Classifier  # noqa: F401  (the tf runtime; loader: glasses.runtimes)
 
 logger = logging.getLogger(__name__)
@@ -31,25 +33,34 @@ class UploadError(ValueError):
         self.status = status
 
 
-def decode_upload(data: bytes, size: int) -> np.ndarray:
-    """Strictly decode one upload into uint8 pixels (size, size, 3); UploadError (422) if unusable.
+def decode_upload(data: bytes, size: int, framing: str = "none") -> np.ndarray:
+    """Strictly decode one upload into uint8 pixels (size, size, 3); UploadError (422) if unusable."""
+    return decode_framed(data, size, framing)[0]
+
+
+def decode_framed(data: bytes, size: int, framing: str = "none") -> tuple[np.ndarray, Face | None]:
+    """Strictly decode one upload with a version's framing: (uint8 pixels (size, size, 3), the face
+    found or None); UploadError (422) if unusable, "no face found" included.
 
     Everything that can fail about an image fails here, per request, before anything is batched.
     """
     try:
-        return preprocessing.to_uint8(data, size)
+        return preprocessing.framed_uint8(data, size, framing)
     except preprocessing.ImageDecodeError as exc:
         raise UploadError(str(exc), status=422) from None
     except Exception as exc:  # any other PIL failure on hostile input is still the client's file
         raise UploadError(f"could not decode image: {type(exc).__name__}: {exc}", status=422) from None
 
 
-def verdict(probability: float, threshold: float, tag: str) -> dict[str, Any]:
-    """One prediction as the API returns it."""
+def verdict(probability: float, threshold: float, tag: str, face: Face | None = None) -> dict[str, Any]:
+    """One prediction as the API returns it (with the face box when the version frames faces)."""
     p = float(probability)
-    return {
+    out = {
         "verdict": CLASS_NAMES[1] if p >= threshold else CLASS_NAMES[0],
         "probability": p,
         "threshold": threshold,
         "model": tag,
     }
+    if face is not None:
+        out["face"] = face.as_json()
+    return out

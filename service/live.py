@@ -91,6 +91,10 @@ class Version:
     def runtime(self) -> str:
         return self.card["runtime"]
 
+    @property
+    def framing(self) -> str:
+        return self.card["preprocessing"].get("framing", "none")
+
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -272,7 +276,7 @@ class LiveModels:
             self.metrics.psi(version.tag, version.psi)
 
     def shadow(self, answered: Version, pixels: np.ndarray, probabilities: np.ndarray, uploads: list[bytes],
-               decode: Callable[[bytes, int], Awaitable[np.ndarray]], app: Any) -> None:
+               decode: Callable[[bytes, "Version"], Awaitable[np.ndarray]], app: Any) -> None:
         """When the candidate shadows production, score the same images with it in the background."""
         snap = self.snapshot
         candidate = snap.versions.get(CANDIDATE_ALIAS)
@@ -290,8 +294,8 @@ class LiveModels:
     async def _shadow_one(self, production: Version, candidate: Version, pixels: np.ndarray,
                           probabilities: np.ndarray, uploads: list[bytes], decode: Callable, app: Any) -> None:
         try:
-            if candidate.image_size != production.image_size:
-                pixels = np.stack([await decode(data, candidate.image_size) for data in uploads])
+            if (candidate.image_size, candidate.framing) != (production.image_size, production.framing):
+                pixels = np.stack([await decode(data, candidate) for data in uploads])
             theirs = await self.score(candidate, pixels, app)
             agree = int(np.sum((probabilities >= production.threshold) == (theirs >= candidate.threshold)))
             counts = self.shadow_counts.setdefault((production.tag, candidate.tag), {"agree": 0, "disagree": 0})

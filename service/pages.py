@@ -105,7 +105,7 @@ def explain_classifier(version: Version, mode: str = EXPLAIN_RUNTIME) -> Classif
 
 def _explain_on(version: Version, data: bytes) -> tuple[Explanation, bytes]:
     """explain_upload on `version` (in a worker thread: a first call builds the replica)."""
-    return explain_upload(data, explain_classifier(version), version.image_size, version.threshold)
+    return explain_upload(data, explain_classifier(version), version.image_size, version.threshold, version.framing)
 
 
 def _error(message: str, status: int) -> JSONResponse:

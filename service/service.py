@@ -13,8 +13,10 @@ re-reads the aliases each second, loads + checks a new target and swaps it in be
 
 How a request flows (why, with the measured alternatives and how they were measured: docs/service.md):
   1. `read_uploads` parses the multipart body itself (BentoML's parser answers 500 to several client
-     faults) and `decode_upload` decodes every image fully, in a thread pool, before anything is
-     batched: a bad upload fails its own request (4xx) and never poisons an adaptive batch.
+     faults) and `decode_framed` decodes every image fully, in a thread pool, before anything is
+     batched: a bad upload fails its own request (4xx) and never poisons an adaptive batch. A version
+     with framing "face" also finds the face and crops to the training framing there (422 `no face
+     found` without one; the verdict carries the face box).
   2. The decoded uint8 pixels join adaptive batching in-process (service/batching.py: ModelBatching,
      one BentoML dispatcher per served version, one batch at a time over all of them): no HTTP hop,
      no serialised pixels, a batch never mixes versions, and BentoML's adaptive_batch_size metric of
@@ -58,7 +60,7 @@ from glasses.config import (
 from glasses.cards import model_card
 from glasses.registry import RegistryError, resolve, store_dir
 from service import pages
-from service.inference import UploadError, decode_upload, verdict
+from service.inference import UploadError, decode_framed, verdict
 from service.limits import install_head_timeout
 from service.live import LiveModels, UnknownModel, Version
 from service.uploads import (
@@ -155,14 +157,15 @@ class GlassesService:
         except UploadError as exc:
             return _refuse(ctx, exc)
         try:
-            pixels = (await self._decode(upload.data, version.image_size))[np.newaxis]
+            pixels, face = await self._decode_framed(upload.data, version)
+            pixels = pixels[np.newaxis]
             probabilities = await self.live.score(version, pixels, ctx.request.scope["app"])
         except UploadError as exc:
             return _refuse(ctx, exc)
         finally:
             self.live.done(version)
         self.live.shadow(version, pixels, probabilities, [upload.data], self._decode, ctx.request.scope["app"])
-        return JSONResponse(verdict(probabilities[0], version.threshold, version.tag))
+        return JSONResponse(verdict(probabilities[0], version.threshold, version.tag, face))
 
     @bentoml.api(route="/predict_batch", input_spec=ImagesUpload)
     async def predict_batch(self, ctx: bentoml.Context) -> list[Verdict]:
@@ -175,10 +178,11 @@ class GlassesService:
         except UploadError as exc:
             return _refuse(ctx, exc)
         results: list[Any] = [None] * len(uploads)
+        faces: list[Any] = [None] * len(uploads)
 
         async def decode_one(i: int) -> None:
             try:
-                results[i] = await self._decode(uploads[i].data, version.image_size)
+                results[i], faces[i] = await self._decode_framed(uploads[i].data, version)
             except UploadError as exc:
                 results[i] = error_body(str(exc), exc.status, index=i, filename=uploads[i].filename)
 
@@ -193,7 +197,7 @@ class GlassesService:
                 self.live.shadow(version, pixels, probabilities, [uploads[i].data for i in good], self._decode,
                                  ctx.request.scope["app"])
                 for i, p in zip(good, probabilities):
-                    results[i] = verdict(p, version.threshold, version.tag)
+                    results[i] = verdict(p, version.threshold, version.tag, faces[i])
         finally:
             self.live.done(version)
         return JSONResponse(results)
@@ -205,14 +209,20 @@ class GlassesService:
         except UnknownModel as exc:
             raise UploadError(str(exc), status=404) from None
 
-    async def _decode(self, data: bytes, size: int) -> np.ndarray:
-        """Strict decode: a small upload on the event loop (a thread hop costs more than it saves), a
-        larger one in a worker thread (PIL releases the GIL while decoding and resizing)."""
+    async def _decode_framed(self, data: bytes, version: Version) -> tuple[np.ndarray, Any]:
+        """Strict decode with the version's size and framing -> (pixels, face or None): a small upload
+        on the event loop (a thread hop costs more than it saves), a larger one in a worker thread (PIL
+        and LiteRT release the GIL while decoding, resizing and finding the face)."""
         if len(data) < DECODE_INLINE_BYTES:
-            return decode_upload(data, size)
+            return decode_framed(data, version.image_size, version.framing)
         if self._decode_limiter is None:
             self._decode_limiter = anyio.CapacityLimiter(DECODE_THREADS)
-        return await anyio.to_thread.run_sync(decode_upload, data, size, limiter=self._decode_limiter)
+        return await anyio.to_thread.run_sync(decode_framed, data, version.image_size, version.framing,
+                                              limiter=self._decode_limiter)
+
+    async def _decode(self, data: bytes, version: Version) -> np.ndarray:
+        """The pixels of `_decode_framed` (shadow scoring re-decodes for a candidate that differs)."""
+        return (await self._decode_framed(data, version))[0]
 
 
 def _refuse(ctx: bentoml.Context, exc: UploadError) -> JSONResponse:

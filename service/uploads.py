@@ -41,11 +41,17 @@ MultiPartParser.spool_max_size = MAX_REQUEST_BYTES
 
 
 # --- schemas: what the OpenAPI page shows --------------------------------------------------------
+class FaceBox(BaseModel):
+    box: list[float]  # x0, y0, x1, y1 in the uploaded photo's pixels (after EXIF orientation)
+    score: float  # the face detector's confidence
+
+
 class Verdict(BaseModel):
     verdict: str  # "glasses" | "no_glasses"
     probability: float  # P(glasses)
     threshold: float
     model: str  # glasses_classifier:<version>
+    face: FaceBox | None = None  # where the face was found (versions with framing "face" only)
 
 
 class ImageUpload(bentoml.IODescriptor):

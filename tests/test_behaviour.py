@@ -154,22 +154,20 @@ def test_double_size_barely_moves_probability(behaviour):
 # --- framings and conditions (training/robustness.py) on the union of both CelebA sources -------
 # Over the person-disjoint test split `prepare --source A --source B` makes of both CelebA sets
 # (byte-identical duplicates dropped, split by celeba_identity across the two sets), every photo in
-# every condition of training/robustness.py (seeded), through the contract, the bundled model and its
-# calibration. Bounds: the bundled model's figures (models/README.md) minus a margin of about one
+# every condition of training/robustness.py (seeded), through the contract (with the version's framing),
+# the bundled model and its calibration. Bounds: the bundled model's figures (models/README.md) minus a margin of about one
 # photo's worth of noise; they fail when a model regresses on a condition.
 UNION_SOURCES = ("celeba-glasses", "celeba-glasses-200px")
-# condition -> (ROC-AUC min, recall min at the served threshold); measured (1,280 photos, 110 with
-# glasses): AUC / recall untouched 0.988 / 0.936, tight 0.959 / 0.900, loose 0.930 / 0.845, off-centre
-# 0.871 / 0.727, small face 0.614 / 0.391, rotation 0.987 / 0.964, grayscale 0.988 / 0.936, low
-# resolution 0.983 / 0.918, JPEG 0.988 / 0.936, blur 0.969 / 0.864, dark 0.988 / 0.936, bright
-# 0.979 / 0.873. Margins: 0.005 AUC, 2 glasses photos of recall.
+# condition -> (ROC-AUC min, recall min at the served threshold): the bundled model's figures on the
+# 1,280 test photos (110 with glasses), framed as its metadata says (models/README.md), minus 0.005
+# AUC and 2 glasses photos of recall.
 CONDITION_BOUNDS: dict[str, tuple[float, float]] = {
-    "untouched": (0.982, 0.918), "tight_crop": (0.954, 0.881), "loose_crop": (0.924, 0.827),
-    "off_centre": (0.865, 0.709), "small_face": (0.609, 0.372), "rotation": (0.982, 0.945),
-    "grayscale": (0.982, 0.918), "low_resolution": (0.978, 0.900), "jpeg": (0.983, 0.918),
-    "blur": (0.963, 0.845), "dark": (0.983, 0.918), "bright": (0.974, 0.854),
+    "untouched": (0.985, 0.927), "tight_crop": (0.983, 0.927), "loose_crop": (0.986, 0.946),
+    "off_centre": (0.984, 0.937), "small_face": (0.986, 0.946), "rotation": (0.983, 0.946),
+    "grayscale": (0.985, 0.927), "low_resolution": (0.981, 0.918), "jpeg": (0.985, 0.937),
+    "blur": (0.969, 0.864), "dark": (0.988, 0.937), "bright": (0.980, 0.909),
 }
-MAX_ECE = 0.02  # measured 0.009 on the untouched test photos (15 bins)
+MAX_ECE = 0.02  # measured 0.013 on the untouched test photos (15 bins)
 
 
 def union_test_split(data_dir: Path) -> tuple[list[bytes], np.ndarray]:

@@ -175,7 +175,7 @@ def test_model_endpoint_describes_the_promoted_model(server, card):
     assert card["metrics"] == {"accuracy": 0.5, "roc_auc": 0.5}
     assert card["class_map"] == CLASS_MAP
     assert card["preprocessing"] == {"version": preprocessing.PREPROCESSING_VERSION, "image_size": IMAGE_SIZE,
-                                     "served_version": preprocessing.PREPROCESSING_VERSION}
+                                     "served_version": preprocessing.PREPROCESSING_VERSION, "framing": "none"}
     assert re.match(r"\d{4}-\d\d-\d\dT", card["created"])
     assert card["runtimes"] == ["tf", "litert"] and card["runtime"] == "litert"  # auto: LiteRT when present
     assert card["litert"]["accepted"] and card["litert"]["max_abs_dp"] <= TOLERANCE
