@@ -106,6 +106,7 @@ class TuningProfile:
     gate_metric: str  # quality gate on the test report (training/register.py)
     gate_floor: float
     calibration: str | None = "platt"
+    framing: str = "none"  # one of FRAMINGS: "face" = prepare crops every photo around its face, the version serves so
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -134,6 +135,8 @@ class TuningProfile:
             out.append(f"class_weight must be None or one of {', '.join(CLASS_WEIGHT_MODES)}, got {self.class_weight!r}")
         if self.augment is not None and (not isinstance(self.augment, str) or not self.augment.isidentifier()):
             out.append(f"augment must be None or a function name in training/augment.py, got {self.augment!r}")
+        if self.framing not in FRAMINGS:
+            out.append(f"framing must be one of {', '.join(FRAMINGS)}, got {self.framing!r}")
         if self.image_size not in ALLOWED_SIZES:
             out.append(f"image_size must be one of {', '.join(map(str, ALLOWED_SIZES))}, got {self.image_size!r}")
         if self.gate_metric not in GATE_METRICS:
@@ -210,6 +213,17 @@ TUNING_PROFILES: dict[str, TuningProfile] = {
             max_epochs=1, factor=3, hyperband_iterations=1, seed=SEED, patience=14,
             final_epochs=14, class_weight="balanced", augment="robust", threshold="val_balanced_accuracy",
             image_size=IMAGE_SIZE, batch_size=BATCH_SIZE, gate_metric="roc_auc", gate_floor=0.90,
+        ),
+        # `robust` on face-framed photos: prepare crops every photo to the training framing around its
+        # face (glasses/faces.py), so the augmentation's framing range narrows to the detector's jitter
+        # (training/augment.py framed); the version serves with framing "face". models/README.md.
+        TuningProfile(
+            name="framed",
+            description="robust, trained and served on photos cropped around the detected face",
+            search_space="robust", objective="val_auc",
+            max_epochs=1, factor=3, hyperband_iterations=1, seed=SEED, patience=14,
+            final_epochs=14, class_weight="balanced", augment="framed", threshold="val_balanced_accuracy",
+            image_size=IMAGE_SIZE, batch_size=BATCH_SIZE, gate_metric="roc_auc", gate_floor=0.90, framing="face",
         ),
     )
 }

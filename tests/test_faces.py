@@ -166,3 +166,27 @@ def test_frame_cli_registers_a_recalibrated_framed_copy(celeba_dir, tmp_path):
     assert again.returncode != 0 and len(again.stderr.strip().splitlines()) == 1 and "already has framing" in again.stderr
     missing = _cli(["frame", tag, "--manifest", str(tmp_path / "nope.json")], home)
     assert missing.returncode != 0 and len(missing.stderr.strip().splitlines()) == 1 and "does not exist" in missing.stderr
+
+
+def test_prepare_frames_the_cache_and_records_it(celeba_dir, tmp_path):
+    """`prepare --framing face`: its own cache (another fingerprint), every photo cropped as the
+    contract crops it, the manifest says framing "face" and lists photos without a face."""
+    from training.data import load_split, read_manifest
+
+    source = _subset(celeba_dir, tmp_path / "photos", people=20, per_person=2)
+    manifests = {}
+    for framing in ("none", "face"):
+        done = _cli(["prepare", "--source", f"folders:{source}", "--work-dir", str(tmp_path / "work"),
+                     "--framing", framing], tmp_path / "bentoml")
+        assert done.returncode == 0, done.stderr[-2000:]
+        manifests[framing] = next(line.split(": ", 1)[1] for line in done.stdout.splitlines()
+                                  if line.startswith("manifest: "))
+    assert Path(manifests["none"]).parent != Path(manifests["face"]).parent
+    framed = read_manifest(manifests["face"])
+    assert framed["framing"] == "face" and framed["unframed"] == [] and read_manifest(manifests["none"])["framing"] == "none"
+    pixels, _ = load_split(manifests["face"], "train")
+    first = framed["splits"]["train"]["files"][0]
+    assert np.array_equal(pixels[0], to_uint8(source / first, 128, "face"))
+    assert not np.array_equal(pixels[0], to_uint8(source / first, 128))
+    bad = _cli(["prepare", "--source", f"folders:{source}", "--framing", "eyes"], tmp_path / "bentoml")
+    assert bad.returncode != 0 and "invalid choice" in bad.stderr

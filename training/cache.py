@@ -28,17 +28,18 @@ import numpy as np
 
 from glasses.config import CACHE_SUBDIR, DECODE_CHUNK, EXCLUDED_IDS_FILE, PREPARE_SCHEDULER, WORK_DIR
 from glasses.files import file_sha256
-from glasses.preprocessing import PREPROCESSING_VERSION, ImageDecodeError, to_uint8
+from glasses.preprocessing import PREPROCESSING_VERSION, ImageDecodeError, NoFaceError, to_uint8
 from training.cli import UserError
 from training.sources import Inventory, Scan
 
 CACHE_FORMAT = 1
+NO_FACE = "no face found: kept unframed"
 SCHEDULER_TIMEOUT = "10s"  # connecting to a dask.distributed scheduler
 LOCAL_SCHEDULERS = ("threads", "processes", "synchronous", "sync", "single-threaded")
 
 
 def fingerprint(listing: Scan, size: int, *, exclude: bool = True, group_column: str | None = None,
-                exclusions: list[str] | None = None) -> str:
+                exclusions: list[str] | None = None, framing: str = "none") -> str:
     """sha256 of what determines the cache, computable without decoding or parsing anything.
 
     Image files (names, folder labels, sizes + mtimes, or sizes + CRCs in a zip), the label files' sizes +
@@ -54,6 +55,7 @@ def fingerprint(listing: Scan, size: int, *, exclude: bool = True, group_column:
         "kind": listing.kind,
         "size": size,
         "preprocessing_version": PREPROCESSING_VERSION,
+        **({"framing": framing} if framing != "none" else {}),  # unframed caches keep their fingerprints
         "exclusions": exclusions,
         "group_column": group_column,
         "label_files": listing.label_files,
@@ -67,10 +69,12 @@ def _read_bytes(root: str, is_zip: bool, file: str, zf: zipfile.ZipFile | None) 
     return zf.read(file) if is_zip else (Path(root) / file).read_bytes()
 
 
-def decode_chunk(root: str, is_zip: bool, files: list[str], start: int, images_path: str, size: int) -> list:
-    """One dask task: decode + resize `files` into rows start.. of the images.npy memmap.
+def decode_chunk(root: str, is_zip: bool, files: list[str], start: int, images_path: str, size: int,
+                 framing: str = "none") -> list:
+    """One dask task: decode + resize (+ frame) `files` into rows start.. of the images.npy memmap.
 
-    Returns [(row, file, reason)] for files that could not be read (their rows stay zero).
+    Returns [(row, file, reason)] for files that could not be read (their rows stay zero), and
+    (row, file, NO_FACE) for photos framing "face" kept unframed because no face was found.
     """
     out = np.load(images_path, mmap_mode="r+")
     errors = []
@@ -78,7 +82,12 @@ def decode_chunk(root: str, is_zip: bool, files: list[str], start: int, images_p
     try:
         for i, file in enumerate(files):
             try:
-                out[start + i] = to_uint8(_read_bytes(root, is_zip, file, zf), size)
+                data = _read_bytes(root, is_zip, file, zf)
+                try:
+                    out[start + i] = to_uint8(data, size, framing)
+                except NoFaceError:
+                    out[start + i] = to_uint8(data, size)
+                    errors.append((start + i, file, NO_FACE))
             except ImageDecodeError as exc:
                 errors.append((start + i, file, str(exc)))
             except (OSError, KeyError, zipfile.BadZipFile) as exc:
@@ -99,15 +108,16 @@ def chunk_size(n: int, max_chunk: int = DECODE_CHUNK) -> int:
 
 
 def decode_all(inv: Inventory, images_path: Path, size: int, scheduler: str | None = None,
-               *, progress: bool = True) -> list[tuple[int, str, str]]:
-    """Decode + resize every file of `inv` into images_path with dask; returns the failures."""
+               *, progress: bool = True, framing: str = "none") -> list[tuple[int, str, str]]:
+    """Decode + resize (+ frame) every file of `inv` into images_path with dask; returns the failures
+    (and the photos kept unframed, reason NO_FACE)."""
     import dask
 
     step = chunk_size(len(inv.files))
     run = uuid.uuid4().hex[:16]  # unique keys: concurrent prepares may share one distributed cluster
     tasks = [
         dask.delayed(decode_chunk, pure=False)(str(inv.root), inv.is_zip, inv.files[s:s + step], s,
-                                               str(images_path), size, dask_key_name=f"decode-{run}-{s}")
+                                               str(images_path), size, framing, dask_key_name=f"decode-{run}-{s}")
         for s in range(0, len(inv.files), step)
     ]
     scheduler = scheduler or PREPARE_SCHEDULER
@@ -183,7 +193,7 @@ def is_cache_of(cache_dir: Path, fp: str) -> bool:
 
 
 def build_cache(inv: Inventory, fp: str, size: int, final_dir: Path, scheduler: str | None,
-                *, progress: bool = True) -> None:
+                *, progress: bool = True, framing: str = "none") -> None:
     """Decode everything into a temp dir next to final_dir, then rename it into place atomically."""
     root = final_dir.parent
     root.mkdir(parents=True, exist_ok=True)
@@ -196,7 +206,9 @@ def build_cache(inv: Inventory, fp: str, size: int, final_dir: Path, scheduler: 
         arr = np.lib.format.open_memmap(images_path, mode="w+", dtype=np.uint8, shape=(len(inv.files), size, size, 3))
         del arr  # header + zero-filled (sparse) file; tasks open it r+ themselves
         np.save(tmp / "labels.npy", np.asarray(inv.labels, dtype=np.int64))
-        errors = decode_all(inv, images_path, size, scheduler, progress=progress)
+        errors = decode_all(inv, images_path, size, scheduler, progress=progress, framing=framing)
+        unframed = [file for _, file, reason in sorted(errors) if reason == NO_FACE]
+        errors = [e for e in errors if e[2] != NO_FACE]
         ok = np.ones(len(inv.files), dtype=bool)
         for row, _, _ in errors:
             ok[row] = False
@@ -209,6 +221,8 @@ def build_cache(inv: Inventory, fp: str, size: int, final_dir: Path, scheduler: 
             "root": str(inv.root),
             "size": size,
             "preprocessing_version": PREPROCESSING_VERSION,
+            "framing": framing,
+            "unframed": unframed,  # framing "face": photos with no face found, kept as they are
             "n": len(inv.files),
             "ids": inv.ids,
             "files": inv.files,

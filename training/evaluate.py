@@ -210,7 +210,7 @@ def evaluate(
                                                              Path(out_dir) / DIAGRAM_FILE))
     if robust:
         report["robustness"] = robustness(served_predictor(model, fitted, batch_size), manifest_path, value,
-                                          out_dir=out_dir)["conditions"]
+                                          out_dir=out_dir, framing=manifest.get("framing", "none"))["conditions"]
     report["seconds"] = round(time.monotonic() - started, 3)
     if out_dir is not None:
         write_outputs(RunDir(out_dir), report, manifest, history or {}, title, test_true, test_prob)
@@ -222,7 +222,8 @@ def data_facts(manifest_path: Path, manifest: dict) -> dict:
     from training.data import manifest_hash
 
     return {"manifest_path": str(manifest_path.resolve()), "manifest_hash": manifest_hash(manifest_path),
-            "data_fingerprint": manifest["fingerprint"], "image_size": int(manifest["size"])}
+            "data_fingerprint": manifest["fingerprint"], "image_size": int(manifest["size"]),
+            "framing": manifest.get("framing", "none")}
 
 
 def write_outputs(out: RunDir, report: dict, manifest: dict, history: dict, title: str,

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from glasses.config import (
     ALLOWED_SIZES,
+    FRAMINGS,
     CLASS_NAMES,
     GROUP_COLUMNS,
     IMAGE_SIZE,
@@ -54,15 +55,18 @@ class PreparedData:
 
 def prepare(source: str, *, size: int = IMAGE_SIZE, exclude: bool = True, scheduler: str | None = None,
             work_dir: Path = WORK_DIR, seed: int = SEED, group_column: str | None = None,
-            progress: bool = True, exclude_files: list = ()) -> PreparedData:
+            progress: bool = True, exclude_files: list = (), framing: str = "none") -> PreparedData:
     """Inventory `source` minus its exclusion files (training.exclusions: the paper's list for Kaggle
-    unless exclude=False, plus `exclude_files`), build (or reuse) its uint8 cache, write the manifest."""
+    unless exclude=False, plus `exclude_files`), build (or reuse) its uint8 cache (photos cropped around
+    their faces with framing "face", glasses/faces.py), write the manifest."""
     if size not in ALLOWED_SIZES:
         raise UserError(f"--size must be one of {', '.join(map(str, ALLOWED_SIZES))}, got {size}")
+    if framing not in FRAMINGS:
+        raise UserError(f"--framing must be one of {', '.join(FRAMINGS)}, got {framing}")
     t0 = time.perf_counter()
     listing = scan(source, work_dir=Path(work_dir))
     files = exclusion_files(listing.kind, list(exclude_files), shipped=exclude)
-    fp = fingerprint(listing, size, group_column=group_column, exclusions=[f.sha256 for f in files])
+    fp = fingerprint(listing, size, group_column=group_column, exclusions=[f.sha256 for f in files], framing=framing)
     cache_dir = cache_root(Path(work_dir)).resolve() / f"{listing.kind}-{size}-{fp[:16]}"
     reused = is_cache_of(cache_dir, fp)
     if not reused:
@@ -70,7 +74,7 @@ def prepare(source: str, *, size: int = IMAGE_SIZE, exclude: bool = True, schedu
         inv.exclusions = exclusion_records(files, inv.removed)
         if cache_dir.exists() and not is_cache_of(cache_dir, fp):  # not one a concurrent run just finished
             shutil.rmtree(cache_dir)  # same prefix, different fingerprint, or a foreign dir: replace it
-        build_cache(inv, fp, size, cache_dir, scheduler, progress=progress)
+        build_cache(inv, fp, size, cache_dir, scheduler, progress=progress, framing=framing)
     manifest_path = cache_dir / f"manifest-seed{seed}.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     if manifest.get("split_version") != SPLIT_VERSION:
@@ -141,8 +145,8 @@ def prepare_sources(sources: list[str], **kwargs) -> PreparedData:
 
 def _run(args: argparse.Namespace) -> int:
     result = prepare_sources(args.source, size=args.size, exclude=not args.no_exclude, exclude_files=args.exclude,
-                             scheduler=args.scheduler,
-                     work_dir=Path(args.work_dir), seed=args.seed, group_column=args.group_column)
+                             scheduler=args.scheduler, work_dir=Path(args.work_dir), seed=args.seed,
+                             group_column=args.group_column, framing=args.framing)
     print(summary(result))
     return 0
 
@@ -154,6 +158,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
                    help="kaggle | kaggle-dir:PATH (dir or .zip) | folders:PATH; repeat it to prepare the "
                         "deduplicated union of several sources, split by person")
     p.add_argument("--size", type=int, choices=ALLOWED_SIZES, default=IMAGE_SIZE, help="image side (default %(default)s)")
+    p.add_argument("--framing", choices=FRAMINGS, default="none",
+                   help="face: crop every photo to the training framing around its detected face (default %(default)s)")
     p.add_argument("--exclude", action="append", default=[], metavar="FILE",
                    help="leave out the photo ids listed in FILE (repeatable; e.g. from `review --apply`)")
     p.add_argument("--no-exclude", action="store_true",

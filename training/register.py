@@ -178,6 +178,7 @@ def build_metadata(summary: dict, report: dict, profile: TuningProfile, *, gate:
         "reference_distribution": report.get("reference_distribution"),  # the service's drift baseline
         "parity_probe": probe,  # the service refuses a version that does not reproduce it
         "preprocessing_version": PREPROCESSING_VERSION,
+        "framing": report.get("framing", "none"),  # the service frames faces as training did ("face")
         "class_map": dict(CLASS_MAP),
         "class_names": list(CLASS_NAMES),
         "positive_class": POSITIVE_CLASS,
@@ -197,7 +198,7 @@ def _robustness_summary(conditions: dict | None) -> dict | None:
     """ROC-AUC and recall per robustness condition (the full report stays in the run directory)."""
     if not conditions:
         return None
-    return {name: {k: row["all"][k] for k in ("roc_auc", "recall", "photos", "glasses_photos")}
+    return {name: {k: row["all"][k] for k in ("roc_auc", "recall", "photos", "glasses_photos", "no_face") if k in row["all"]}
             for name, row in conditions.items()}
 
 

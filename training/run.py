@@ -9,6 +9,7 @@ report and learning curves, registry tag). A distributed search runs the same co
 
 from __future__ import annotations
 
+import json
 import time
 from typing import TYPE_CHECKING
 from pathlib import Path
@@ -40,7 +41,7 @@ def run(
     size = size or config.image_size
     started = time.monotonic()
     out: dict = {"profile": profile}
-    data = _prepare(source, size, scheduler, work_dir, exclude_files)
+    data = _prepare(source, size, scheduler, work_dir, exclude_files, config.framing)
     out["manifest"] = str(data.manifest_path)
 
     print(f"== tune (profile {profile})", flush=True)
@@ -74,14 +75,15 @@ def run(
     return out
 
 
-def _prepare(source: str | list[str], size: int, scheduler: str | None, work_dir: Path, exclude_files) -> "PreparedData":
+def _prepare(source: str | list[str], size: int, scheduler: str | None, work_dir: Path, exclude_files,
+             framing: str = "none") -> "PreparedData":
     """The prepare stage: builds or reuses the split manifest and prints what it holds and left out."""
     from training.prepare import prepare_sources
 
     sources = [source] if isinstance(source, str) else list(source)
-    print(f"== prepare {' + '.join(sources)} ({size}px)", flush=True)
+    print(f"== prepare {' + '.join(sources)} ({size}px{', framed around faces' if framing == 'face' else ''})", flush=True)
     data = prepare_sources(sources, size=size, scheduler=scheduler, work_dir=work_dir,
-                           exclude_files=list(exclude_files))
+                           exclude_files=list(exclude_files), framing=framing)
     counts = {split: sum(c.values()) for split, c in data.counts.items()}
     print(f"   manifest {data.manifest_path} ({'reused' if data.reused else 'built'}; {counts}; "
           f"{len(data.skipped)} skipped)", flush=True)
@@ -91,6 +93,9 @@ def _prepare(source: str | list[str], size: int, scheduler: str | None, work_dir
         print(f"   excluded by {what} (sha256 {record['sha256'][:12]}): {removed}", flush=True)
     for note in data.notes:
         print(f"   note: {note}", flush=True)
+    if framing == "face":
+        unframed = json.loads(Path(data.manifest_path).read_text()).get("unframed", [])
+        print(f"   framed around faces; no face found in {len(unframed)} photos (kept unframed)", flush=True)
     return data
 
 

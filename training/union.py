@@ -115,6 +115,8 @@ def union_index(parts: list[dict], kept: list[tuple[int, int]], stats: list[dict
         "format": UNION_FORMAT, "fingerprint": fp, "kind": "union", "size": size,
         "source": " + ".join(s["source"] for s in sources), "root": "",
         "preprocessing_version": PREPROCESSING_VERSION, "n": len(kept),
+        "framing": parts[0]["index"].get("framing", "none"),
+        "unframed": [f"{part['index']['source']}: {f}" for part in parts for f in part["index"].get("unframed", [])],
         "ids": [f"{p}:{parts[p]['index']['ids'][r]}" for p, r in kept],
         "files": [parts[p]["index"]["files"][r] for p, r in kept],
         "labels": [parts[p]["index"]["labels"][r] for p, r in kept],
@@ -177,7 +179,8 @@ def annotate_manifest(manifest_path: Path, cache_dir: Path) -> None:
 
 def prepare_union(sources: list[str], *, size: int = IMAGE_SIZE, exclude: bool = True,
                   scheduler: str | None = None, work_dir: Path = WORK_DIR, seed: int = SEED,
-                  group_column: str | None = None, progress: bool = True, exclude_files: list = ()):
+                  group_column: str | None = None, progress: bool = True, exclude_files: list = (),
+                  framing: str = "none"):
     """Prepare every source, then their deduplicated union split by person (a PreparedData)."""
     from training.prepare import PreparedData, prepare
 
@@ -185,7 +188,8 @@ def prepare_union(sources: list[str], *, size: int = IMAGE_SIZE, exclude: bool =
         raise UserError(f"a source is given twice: {', '.join(sources)}")
     t0 = time.perf_counter()
     prepared = [prepare(s, size=size, exclude=exclude, scheduler=scheduler, work_dir=work_dir, seed=seed,
-                        group_column=group_column, progress=progress, exclude_files=exclude_files) for s in sources]
+                        group_column=group_column, progress=progress, exclude_files=exclude_files, framing=framing)
+                for s in sources]
     fp = union_fingerprint([p.fingerprint for p in prepared], size)
     cache_dir = cache_root(Path(work_dir)).resolve() / f"union-{size}-{fp[:16]}"
     reused = is_cache_of(cache_dir, fp)
