@@ -29,6 +29,7 @@ from glasses.config import (
 
 DETECTOR_SIZE = 128
 OVERLAP_IOU = 0.3  # boxes overlapping the best one this much are averaged into it (MediaPipe's rule)
+MIN_LOGIT = float(np.log(FACE_MIN_SCORE / (1.0 - FACE_MIN_SCORE)))
 _local = threading.local()
 
 
@@ -81,21 +82,25 @@ class FaceDetector:
         """The most confident face in an RGB photo, or None below FACE_MIN_SCORE."""
         w, h = img.size
         side = max(w, h)
-        square = Image.new("RGB", (side, side))
         ox, oy = (side - w) // 2, (side - h) // 2
-        square.paste(img, (ox, oy))
+        square = img
+        if w != h:
+            square = Image.new("RGB", (side, side))
+            square.paste(img, (ox, oy))
         x = np.asarray(square.resize((DETECTOR_SIZE, DETECTOR_SIZE), Image.Resampling.BILINEAR), np.float32)
         self._it.set_tensor(self._input, (x / 127.5 - 1.0)[np.newaxis])
         self._it.invoke()
-        raw = self._it.get_tensor(self._boxes)[0]
-        scores = 1.0 / (1.0 + np.exp(-np.clip(self._it.get_tensor(self._scores)[0, :, 0], -80.0, 80.0)))
-        best = int(np.argmax(scores))
-        if scores[best] < FACE_MIN_SCORE:
+        logits = self._it.get_tensor(self._scores)[0, :, 0]
+        sure = np.flatnonzero(logits >= MIN_LOGIT)  # score >= FACE_MIN_SCORE, without 896 sigmoids
+        if sure.size == 0:
             return None
-        centre = raw[:, :2] / DETECTOR_SIZE + self._anchors
+        raw = self._it.get_tensor(self._boxes)[0, sure, :4]
+        scores = 1.0 / (1.0 + np.exp(-np.clip(logits[sure], -80.0, 80.0)))
+        centre = raw[:, :2] / DETECTOR_SIZE + self._anchors[sure]
         half = raw[:, 2:4] / DETECTOR_SIZE / 2.0
-        boxes = np.concatenate([centre - half, centre + half], axis=1)  # (896, 4) in the square, 0..1
-        near = (scores >= FACE_MIN_SCORE) & (_iou(boxes, boxes[best]) > OVERLAP_IOU)
+        boxes = np.concatenate([centre - half, centre + half], axis=1)  # in the square, 0..1
+        best = int(np.argmax(scores))
+        near = _iou(boxes, boxes[best]) > OVERLAP_IOU
         box = (boxes[near] * scores[near, None]).sum(axis=0) / scores[near].sum()
         x0, y0, x1, y1 = (box * side - np.array([ox, oy, ox, oy])).tolist()
         return Face((x0, y0, x1, y1), float(scores[best]))

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 
 from _browser import browser_missing, chrome, console_errors, foreign, requested_urls
 from _fixtures import face_image
+from loadtests.images import synthetic_face
 from _service import bundled_server
 from conftest import CELEBA_DIR
 
@@ -36,9 +38,9 @@ def driver():
 def _photo(server, tmp_path: Path) -> tuple[Path, dict]:
     """A real glasses photo the served model calls 'glasses' (a generated face without CelebA), and its verdict."""
     candidates = sorted((CELEBA_DIR / "glasses").glob("*.jpg"))[:10] if (CELEBA_DIR / "glasses").is_dir() else []
-    if not candidates:
+    if not candidates:  # a generated face the face detector finds (the bundled default frames faces)
         path = tmp_path / "generated-face.png"
-        face_image(11, True, 178).save(path)
+        synthetic_face(178, 218, np.random.default_rng(11), True).save(path)
         candidates = [path]
     for path in candidates:
         result = requests.post(f"{server.url}/predict", files={"image": (path.name, path.read_bytes())}, timeout=60)
@@ -71,6 +73,13 @@ def test_page_shows_verdict_probability_and_overlay(server, driver, tmp_path):
         assert expected["verdict"] == "glasses" and verdict.text == "glasses"
     assert f"P(glasses) = {expected['probability']:.3f}" in card.find_element(By.CSS_SELECTOR, ".numbers").text
     assert expected["model"] in card.find_element(By.CSS_SELECTOR, ".tag").text
+    if "face" in expected:  # the bundled default frames faces: the box the model looked at, drawn and said
+        face = card.find_element(By.CSS_SELECTOR, ".face").text
+        assert face.startswith("face found") and f"{expected['face']['score']:.2f}" in face
+        box = card.find_element(By.CSS_SELECTOR, ".face-box")
+        _wait(driver, "return !document.querySelector('.result .face-box').hidden", "the face box")
+        thumb = card.find_element(By.CSS_SELECTOR, ".thumb")
+        assert box.is_displayed() and 0.2 < box.size["width"] / thumb.size["width"] <= 1.0
     fill = driver.execute_script("return document.querySelector('.result .fill').style.width")
     assert float(fill.rstrip("%")) == pytest.approx(expected["probability"] * 100, abs=0.06)
     overlay = card.find_element(By.CSS_SELECTOR, ".explanation .overlay")
@@ -122,8 +131,6 @@ def test_no_console_error_on_an_idle_page(server, driver):
 
 
 def test_report_opens_with_every_figure_and_nothing_fetched(driver, tmp_path):
-    import numpy as np
-
     from training.evaluate import binary_metrics
     from training.report import render
 

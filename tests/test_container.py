@@ -27,13 +27,15 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
-from _fixtures import face_image
 from _service import BENTOML_BIN, REPO_ROOT, free_port, register_model
 from conftest import CELEBA_DIR
 from glasses.config import BUNDLED_MODEL_FILE, CLASS_NAMES
+from loadtests.images import synthetic_face
 
 pytestmark = pytest.mark.container
 
@@ -203,8 +205,8 @@ def _face_upload() -> tuple[bytes, str]:
     photos = sorted((CELEBA_DIR / "glasses").glob("*.jpg")) if CELEBA_DIR.exists() else []
     if photos:
         return photos[0].read_bytes(), photos[0].name
-    buf = io.BytesIO()
-    face_image(seed=3, glasses=True, size=160).save(buf, format="JPEG")
+    buf = io.BytesIO()  # a generated face the face detector finds (the bundled default frames faces)
+    synthetic_face(160, 196, np.random.default_rng(3), True).save(buf, format="JPEG")
     return buf.getvalue(), "generated-face.jpg"
 
 
@@ -228,6 +230,12 @@ def test_predict_verdict(container: dict) -> None:
     assert body["verdict"] in CLASS_NAMES and 0.0 <= body["probability"] <= 1.0
     expected = "glasses" if body["probability"] >= body["threshold"] else "no_glasses"
     assert body["verdict"] == expected, body
+    if "face" in body:  # a version that frames faces: the detector shipped inside the image, and works
+        assert len(body["face"]["box"]) == 4 and body["face"]["score"] >= 0.5
+        blank = io.BytesIO()
+        Image.new("RGB", (200, 200), (128, 128, 128)).save(blank, format="JPEG")
+        status, refused = _http(f"{container['url']}/predict", *_multipart("image", "blank.jpg", blank.getvalue(), "image/jpeg"))
+        assert status == 422 and refused["error"].startswith("no face found"), refused
     # a client fault is a 4xx with a JSON reason inside the container too
     status, body = _http(f"{container['url']}/predict", *_multipart("image", "x.jpg", b"not an image", "image/jpeg"))
     assert 400 <= status < 500 and body, (status, body)

@@ -73,7 +73,25 @@ function showVerdict(card, file, result) {
   const thumb = $(".thumb", card);
   thumb.src = URL.createObjectURL(file);
   thumb.hidden = false;
+  if (result.face) showFace(card, thumb, result.face);
   card.dataset.state = "verdict";
+}
+
+// The face the model looked at (versions that frame faces): a box over the thumbnail and a line.
+function showFace(card, thumb, face) {
+  const [x0, y0, x1, y1] = face.box.map(Number);
+  $(".face", card).textContent = `face found (detector score ${Number(face.score).toFixed(2)}): ` +
+    `${Math.round(x1 - x0)} × ${Math.round(y1 - y0)} px at (${Math.round(x0)}, ${Math.round(y0)})`;
+  thumb.addEventListener("load", () => {
+    const box = $(".face-box", card);
+    const w = thumb.naturalWidth, h = thumb.naturalHeight;
+    if (!w || !h) return;
+    box.style.left = `${(Math.max(x0, 0) / w) * 100}%`;
+    box.style.top = `${(Math.max(y0, 0) / h) * 100}%`;
+    box.style.width = `${((Math.min(x1, w) - Math.max(x0, 0)) / w) * 100}%`;
+    box.style.height = `${((Math.min(y1, h) - Math.max(y0, 0)) / h) * 100}%`;
+    box.hidden = false;
+  }, { once: true });
 }
 
 async function predict(card, file) {
