@@ -2,6 +2,7 @@
 
     RGB photo --letterbox to a square, 128 px, [-1, 1]--> BlazeFace short range (LiteRT)
       --896 anchors: best score, boxes overlapping it averaged by score--> Face(box, score) or None
+      (a miss is looked at once more inside a plain border: faces that fill the frame)
     photo + Face --crop a frame around the box (edge pixels repeated past the photo's border)--> the
       photo as training saw one: the box at FACE_FRAME_BOX_W x FACE_FRAME_BOX_H of the frame, its
       centre at FACE_FRAME_CENTRE
@@ -30,6 +31,7 @@ from glasses.config import (
 DETECTOR_SIZE = 128
 OVERLAP_IOU = 0.3  # boxes overlapping the best one this much are averaged into it (MediaPipe's rule)
 MIN_LOGIT = float(np.log(FACE_MIN_SCORE / (1.0 - FACE_MIN_SCORE)))
+RETRY_BORDER = 0.25  # find_face's second look at a miss (what it recovers: models/README.md)
 _local = threading.local()
 
 
@@ -121,8 +123,21 @@ def detector() -> FaceDetector:
 
 
 def find_face(img: Image.Image) -> Face | None:
-    """The face in an RGB photo (this thread's detector), or None."""
-    return detector().detect(img)
+    """The face in an RGB photo (this thread's detector), or None. A face that fills the whole photo
+    (a tight crop) often escapes the detector, so a miss is retried once on the photo inside a border
+    of its mean colour, RETRY_BORDER of its longer side wide."""
+    face = detector().detect(img)
+    if face is not None:
+        return face
+    pad = max(1, round(RETRY_BORDER * max(img.size)))
+    mean = tuple(int(v) for v in np.asarray(img).reshape(-1, 3).mean(axis=0))
+    framed = Image.new("RGB", (img.width + 2 * pad, img.height + 2 * pad), mean)
+    framed.paste(img, (pad, pad))
+    face = detector().detect(framed)
+    if face is None:
+        return None
+    x0, y0, x1, y1 = face.box
+    return Face((x0 - pad, y0 - pad, x1 - pad, y1 - pad), face.score)
 
 
 def frame_region(face: Face) -> tuple[int, int, int, int]:
