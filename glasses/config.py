@@ -173,6 +173,18 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+# Real photos as users send them (both CelebA sources, split by person): the celeba model plus
+# per-image standardisation at full width, trained with training/augment.py robust (framing,
+# rotation, low resolution, blur, exposure, JPEG) for 14 epochs; Platt calibration on validation.
+# Recipe and measurements: models/README.md.
+_ROBUST = TuningProfile(
+    name="robust",
+    description="real photos, any framing: celeba model + per-image standardisation, robust augmentation, calibrated",
+    search_space="robust", objective="val_auc",
+    max_epochs=1, factor=3, hyperband_iterations=1, seed=SEED, patience=14,
+    final_epochs=14, class_weight="balanced", augment="robust", threshold="val_balanced_accuracy",
+    image_size=IMAGE_SIZE, batch_size=BATCH_SIZE, gate_metric="roc_auc", gate_floor=0.90,
+)
 TUNING_PROFILES: dict[str, TuningProfile] = {
     profile.name: profile for profile in (
         TuningProfile(
@@ -202,29 +214,12 @@ TUNING_PROFILES: dict[str, TuningProfile] = {
             final_epochs=16, class_weight="balanced", augment="celeba", threshold="val_balanced_accuracy",
             image_size=IMAGE_SIZE, batch_size=BATCH_SIZE, gate_metric="roc_auc", gate_floor=0.90,
         ),
-        # Real photos as users send them (both CelebA sources, split by person): the celeba model plus
-        # per-image standardisation at full width, trained with training/augment.py robust (framing,
-        # rotation, low resolution, blur, exposure, JPEG) for 14 epochs; Platt calibration on validation.
-        # Recipe and measurements: models/README.md.
-        TuningProfile(
-            name="robust",
-            description="real photos, any framing: celeba model + per-image standardisation, robust augmentation, calibrated",
-            search_space="robust", objective="val_auc",
-            max_epochs=1, factor=3, hyperband_iterations=1, seed=SEED, patience=14,
-            final_epochs=14, class_weight="balanced", augment="robust", threshold="val_balanced_accuracy",
-            image_size=IMAGE_SIZE, batch_size=BATCH_SIZE, gate_metric="roc_auc", gate_floor=0.90,
-        ),
+        _ROBUST,
         # `robust` on face-framed photos: prepare crops every photo to the training framing around its
-        # face (glasses/faces.py), so the augmentation's framing range narrows to the detector's jitter
+        # face (glasses/faces.py), so the augmentation's warp narrows to the detector's jitter
         # (training/augment.py framed); the version serves with framing "face". models/README.md.
-        TuningProfile(
-            name="framed",
-            description="robust, trained and served on photos cropped around the detected face",
-            search_space="robust", objective="val_auc",
-            max_epochs=1, factor=3, hyperband_iterations=1, seed=SEED, patience=14,
-            final_epochs=14, class_weight="balanced", augment="framed", threshold="val_balanced_accuracy",
-            image_size=IMAGE_SIZE, batch_size=BATCH_SIZE, gate_metric="roc_auc", gate_floor=0.90, framing="face",
-        ),
+        dataclasses.replace(_ROBUST, name="framed", augment="framed", framing="face",
+                            description="robust, trained and served on photos cropped around the detected face"),
     )
 }
 # How fast a training step runs, never what it computes (training/acceleration.py; measurements in

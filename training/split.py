@@ -102,8 +102,7 @@ def write_manifest(cache_dir: Path, seed: int) -> Path:
         "root": index["root"],
         "size": index["size"],
         "preprocessing_version": index["preprocessing_version"],
-        "framing": index.get("framing", "none"),  # "face": photos cropped around their faces (glasses/faces.py)
-        "unframed": index.get("unframed", []),  # framing "face": photos with no face found, kept as they are
+        "framing": index.get("framing", "none"), "unframed": index.get("unframed", []),  # glasses/faces.py
         "seed": seed,
         "split_version": SPLIT_VERSION,
         "split_fractions": list(SPLIT_FRACTIONS),
