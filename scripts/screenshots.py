@@ -19,11 +19,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from _browser import browser_missing, chrome  # noqa: E402
-from _fixtures import face_image, make_folders  # noqa: E402
+from _fixtures import make_folders  # noqa: E402
+from loadtests.images import synthetic_face  # noqa: E402
 
 MAX_BYTES = 200 * 1024
 
@@ -78,7 +81,7 @@ def shoot_page(driver, url: str, work: Path) -> bytes:
     files = []
     for seed, glasses in ((21, True), (22, False)):
         path = work / f"generated-{'glasses' if glasses else 'plain'}.png"
-        face_image(seed, glasses, 178).save(path)
+        synthetic_face(178, 218, np.random.default_rng(seed), glasses).save(path)  # one the face detector finds
         files.append(path)
     (work / "notes.txt").write_text("not a photo\n")
     driver.get(f"{url}/")
