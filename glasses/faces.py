@@ -62,7 +62,7 @@ def _anchors() -> np.ndarray:
 
 
 class FaceDetector:
-    """BlazeFace short range on LiteRT (one thread: a detection is ~0.3 ms)."""
+    """BlazeFace short range on LiteRT, one thread (its cost per photo: docs/loadtests.md)."""
 
     def __init__(self) -> None:
         if not FACE_DETECTOR_FILE.exists():

@@ -157,6 +157,16 @@ def to_uint8(source: ImageSource, size: int = IMAGE_SIZE, framing: str = "none")
     return framed_uint8(source, size, framing)[0]
 
 
+def framed_or_whole(source: ImageSource, size: int = IMAGE_SIZE, framing: str = "none") -> tuple[np.ndarray, bool]:
+    """Training's and evaluation's rule: (uint8 pixels, whether a face was missing); a photo in which
+    framing "face" finds no face is kept whole instead of refused (the service refuses it)."""
+    img = load_rgb(source)
+    try:
+        return framed_uint8(img, size, framing)[0], False
+    except NoFaceError:
+        return framed_uint8(img, size)[0], True
+
+
 def rescale(pixels: np.ndarray) -> np.ndarray:
     """uint8 pixels -> float32 in [0, 1] (x / 255, correctly rounded like tf's float32 division)."""
     return pixels.astype(np.float32) / np.float32(255.0)

@@ -33,9 +33,9 @@ class UploadError(ValueError):
         self.status = status
 
 
-def decode_upload(data: bytes, size: int, framing: str = "none") -> np.ndarray:
-    """Strictly decode one upload into uint8 pixels (size, size, 3); UploadError (422) if unusable."""
-    return decode_framed(data, size, framing)[0]
+def decode_upload(data: bytes, size: int) -> np.ndarray:
+    """Strictly decode one upload into uint8 pixels (size, size, 3), no framing; UploadError (422) if unusable."""
+    return decode_framed(data, size)[0]
 
 
 def decode_framed(data: bytes, size: int, framing: str = "none") -> tuple[np.ndarray, Face | None]:

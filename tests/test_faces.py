@@ -18,7 +18,7 @@ from PIL import Image
 
 from glasses import faces
 from glasses.config import FACE_DETECTOR_FILE, FACE_FRAME_BOX_W, FACE_FRAME_CENTRE
-from glasses.preprocessing import NoFaceError, framed_uint8, load_rgb, to_uint8
+from glasses.preprocessing import NoFaceError, framed_or_whole, framed_uint8, load_rgb, to_uint8
 
 from _service import REPO_ROOT, bundled_server, register_model
 
@@ -107,6 +107,8 @@ def test_no_face_is_a_clear_refusal(kind):
     with pytest.raises(NoFaceError, match="no face found"):
         to_uint8(_png(img), 128, "face")
     assert to_uint8(_png(img), 128).shape == (128, 128, 3)  # framing "none" is unchanged
+    kept, missing = framed_or_whole(_png(img), 128, "face")  # training and evaluation keep it whole
+    assert missing and np.array_equal(kept, to_uint8(_png(img), 128))
 
 
 def test_served_verdict_carries_the_face_and_refuses_no_face(request, tmp_path_factory, celeba_dir):

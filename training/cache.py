@@ -3,7 +3,7 @@
     fingerprint of (files + sizes/mtimes or zip CRCs, labels, groups, exclusions, size,
     PREPROCESSING_VERSION)
       -> WORK_DIR/cache/<kind>-<size>-<fp16>/: every image decoded + resized in parallel by dask
-         (threads, processes or a dask.distributed cluster) through glasses.preprocessing.to_uint8
+         (threads, processes or a dask.distributed cluster) through glasses.preprocessing.framed_or_whole
          into images.npy (uint8 memmap, one row per candidate file); unreadable files skipped and
          reported in index.json
       -> built in a temporary directory and renamed into place only when complete, so an
@@ -28,7 +28,7 @@ import numpy as np
 
 from glasses.config import CACHE_SUBDIR, DECODE_CHUNK, EXCLUDED_IDS_FILE, PREPARE_SCHEDULER, WORK_DIR
 from glasses.files import file_sha256
-from glasses.preprocessing import PREPROCESSING_VERSION, ImageDecodeError, NoFaceError, to_uint8
+from glasses.preprocessing import PREPROCESSING_VERSION, ImageDecodeError, framed_or_whole
 from training.cli import UserError
 from training.sources import Inventory, Scan
 
@@ -82,11 +82,8 @@ def decode_chunk(root: str, is_zip: bool, files: list[str], start: int, images_p
     try:
         for i, file in enumerate(files):
             try:
-                data = _read_bytes(root, is_zip, file, zf)
-                try:
-                    out[start + i] = to_uint8(data, size, framing)
-                except NoFaceError:
-                    out[start + i] = to_uint8(data, size)
+                out[start + i], missing = framed_or_whole(_read_bytes(root, is_zip, file, zf), size, framing)
+                if missing:
                     errors.append((start + i, file, NO_FACE))
             except ImageDecodeError as exc:
                 errors.append((start + i, file, str(exc)))

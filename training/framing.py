@@ -26,7 +26,7 @@ from glasses import calibration as cal
 from glasses.config import FACE_DETECTOR_MEMBER, FACE_DETECTOR_PACKAGE, FACE_DETECTOR_SHA256, MODEL_FILE
 from glasses.files import UserError
 from glasses.monitoring import reference_histogram
-from glasses.preprocessing import NoFaceError, to_uint8
+from glasses.preprocessing import framed_or_whole
 
 FRAMING = "face"
 
@@ -37,14 +37,8 @@ def framed_split(manifest: dict, split: str, size: int) -> tuple[np.ndarray, np.
 
     from training.robustness import split_photo_bytes
 
-    def one(data: bytes) -> tuple[np.ndarray, bool]:
-        try:
-            return to_uint8(data, size, FRAMING), False
-        except NoFaceError:
-            return to_uint8(data, size), True
-
     with ThreadPoolExecutor(max_workers=2) as pool:
-        rows = list(pool.map(one, split_photo_bytes(manifest, split)))
+        rows = list(pool.map(lambda data: framed_or_whole(data, size, FRAMING), split_photo_bytes(manifest, split)))
     labels = np.asarray(manifest["splits"][split]["labels"], np.int64)
     return np.stack([r[0] for r in rows]), labels, np.asarray([r[1] for r in rows], bool)
 

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from glasses.config import CLASS_NAMES, IMAGE_SIZE, SEED
-from glasses.preprocessing import NoFaceError, decode, to_uint8
+from glasses.preprocessing import decode, framed_or_whole
 
 REPORT_JSON = "robustness.json"
 REPORT_MD = "robustness.md"
@@ -133,11 +133,7 @@ def framed_variants(data: bytes, index: int, *, size: int = IMAGE_SIZE, seed: in
     no_face = np.zeros(len(conditions), bool)
     for k, condition in enumerate(conditions):
         rng = np.random.default_rng([seed, index, k])
-        photo = altered(img, condition, rng)
-        try:
-            out[k] = to_uint8(photo, size, framing)
-        except NoFaceError:
-            out[k], no_face[k] = to_uint8(photo, size), True
+        out[k], no_face[k] = framed_or_whole(altered(img, condition, rng), size, framing)
     return out, no_face
 
 
