@@ -159,6 +159,25 @@ def _cli(args: list[str], home: Path) -> subprocess.CompletedProcess:
                           timeout=600, cwd=REPO_ROOT)
 
 
+_POOLED_THRESHOLD = """
+import json, sys
+import numpy as np
+from glasses import calibration as cal, registry
+from glasses.config import SEED
+from training.data import read_manifest
+from training.evaluate import choose_threshold
+from training.framing import _raw_classifier
+from training.robustness import score_conditions, split_photo_bytes
+version, manifest = registry.get_model(sys.argv[1]), read_manifest(sys.argv[2])
+raw = _raw_classifier(version, int(version.info.metadata["image_size"]))
+probs, _ = score_conditions(raw, split_photo_bytes(manifest, "val"), size=int(manifest["size"]), seed=SEED, framing="face")
+p = cal.apply(probs.ravel(), version.info.metadata["calibration"])
+y = np.asarray(manifest["splits"]["val"]["labels"])
+print(json.dumps([choose_threshold(y, cal.apply(probs[0], version.info.metadata["calibration"])),
+                  choose_threshold(np.tile(y, len(probs)), p)]))
+"""
+
+
 def test_frame_cli_registers_a_recalibrated_framed_copy(celeba_dir, tmp_path):
     """prepare real photos -> a test CNN -> `glasses-train frame`: a promoted copy with framing "face",
     its own calibration, threshold, robustness (no-face counts) and reports; framing it again, or a
@@ -183,6 +202,14 @@ def test_frame_cli_registers_a_recalibrated_framed_copy(celeba_dir, tmp_path):
                           env=dict(os.environ, BENTOML_HOME=str(home)), capture_output=True, text=True, cwd=REPO_ROOT)
     framing, framed_from, threshold, promoted = json.loads(show.stdout.strip().splitlines()[-1])
     assert (framing, framed_from, promoted) == ("face", tag, new_tag) and threshold == meta["threshold"]
+    # the threshold is chosen on framed validation photos as users send them: every condition, pooled
+    assert "conditions pooled" in meta["threshold_method"]
+    pooled = subprocess.run([sys.executable, "-c", _POOLED_THRESHOLD, new_tag, manifest], capture_output=True, text=True,
+                            env=dict(os.environ, BENTOML_HOME=str(home)), cwd=REPO_ROOT)
+    assert pooled.returncode == 0, pooled.stderr[-2000:]
+    untouched_only, pooled_threshold = json.loads(pooled.stdout.strip().splitlines()[-1])
+    assert pooled_threshold == pytest.approx(meta["threshold"], abs=1e-12)
+    assert meta["validation_metrics"]["threshold"] == meta["threshold"] and untouched_only > 0
     again = _cli(["frame", new_tag, "--manifest", manifest, "--out-dir", str(out)], home)
     assert again.returncode != 0 and len(again.stderr.strip().splitlines()) == 1 and "already has framing" in again.stderr
     missing = _cli(["frame", tag, "--manifest", str(tmp_path / "nope.json")], home)

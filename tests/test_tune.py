@@ -265,6 +265,20 @@ def test_class_weight_and_augment_hooks(manifest, monkeypatch):
 
 def test_imbalance_warning_recommends_val_auc(manifest, monkeypatch):
     monkeypatch.setattr("training.data.class_counts", lambda m, s: {"no_glasses": 95, "glasses": 5})
-    line = tune_mod.imbalance_warning(manifest, "val_accuracy")
+    line = fitting.imbalance_warning(manifest, "val_accuracy")
     assert line.startswith("warning: imbalanced classes (glasses = 5.0% of train)") and "val_auc" in line
-    assert tune_mod.imbalance_warning(manifest, "val_auc") is None
+    assert fitting.imbalance_warning(manifest, "val_auc") is None
+
+
+def test_a_search_space_of_one_point_is_fitted_once_without_a_trial(manifest, tmp_path):
+    """The robust space has every value Fixed: no keras-tuner trial runs, the point is fitted once."""
+    profile = get_profile("robust", final_epochs=1, augment=None, image_size=64)
+    result = tune(manifest, profile, work_dir=tmp_path, verbose=0)
+    assert result.trials == [] and result.search_wall_time_s == 0.0 and result.best_trial_id is None
+    assert result.final_model == "refit" and len(result.history["loss"]) == 1
+    assert result.best_hyperparameters == models.fixed_point("robust", 64, result.best_hyperparameters["decay_steps"])
+    assert not list(result.project_dir.glob("trial_*"))
+    model = keras.saving.load_model(result.model_path, compile=False)
+    assert model.name == "robust" and model.input_shape == (None, 64, 64, 3)
+    summary = json.loads((result.run_dir / "tune.json").read_text())
+    assert summary["trials"] == [] and summary["training_wall_time_s"] == result.final_fit_wall_time_s > 0

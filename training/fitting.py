@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from glasses.config import CLASS_NAMES
+from glasses.config import CLASS_NAMES, IMBALANCE_WARNING_BELOW
 from training.cli import UserError
 
 
@@ -42,3 +42,19 @@ def fit_verbosity() -> int:
 def history_lists(history: Any) -> dict[str, list[float]]:
     """A Keras History as {metric: [float per epoch]}, without the learning-rate schedule's values."""
     return {k: [float(v) for v in vals] for k, vals in history.history.items() if k != "learning_rate"}
+
+
+def imbalance_warning(manifest_path: Path, objective: str) -> str | None:
+    """A warning line when the minority class is rare and the objective is plain accuracy."""
+    from training.data import class_counts
+
+    counts = class_counts(manifest_path, "train")
+    n = sum(counts.values())
+    share = min(counts.values()) / n if n else 0.0
+    if objective == "val_accuracy" and share < IMBALANCE_WARNING_BELOW:
+        rare = min(counts, key=counts.get)
+        return (
+            f"warning: imbalanced classes ({rare} = {share:.1%} of train); objective val_accuracy rewards "
+            f"predicting the majority class: prefer a profile with objective val_auc"
+        )
+    return None

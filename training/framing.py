@@ -4,8 +4,9 @@
       --validation and test photos, each cropped to the training framing around its face
         (glasses.preprocessing framing "face"; a photo without a detected face is scored unframed
         and counted)--> raw P(glasses) on the version's runtime
-      --Platt calibration and the threshold refitted on framed validation; test metrics, ECE, a
-        reliability diagram, the drift baseline and the robustness conditions, all framed-->
+      --Platt calibration refitted on framed validation; the threshold chosen on framed validation
+        photos as users send them (untouched and every robustness condition, pooled); test metrics,
+        ECE, a reliability diagram, the drift baseline and the robustness conditions, all framed-->
       a copy of TAG with metadata framing="face" (same weights), promoted if TAG was
 
 The weights do not change: the framing step puts every photo's face where the training photos had
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from glasses import calibration as cal
-from glasses.config import FACE_DETECTOR_MEMBER, FACE_DETECTOR_PACKAGE, FACE_DETECTOR_SHA256, MODEL_FILE
+from glasses.config import FACE_DETECTOR_MEMBER, FACE_DETECTOR_PACKAGE, FACE_DETECTOR_SHA256, MODEL_FILE, SEED
 from glasses.files import UserError
 from glasses.monitoring import reference_histogram
 from glasses.preprocessing import framed_or_whole
@@ -56,19 +57,25 @@ def framed_evaluation(source: Any, manifest_path: Path, out_dir: Path) -> dict[s
     from training.calibrate import calibration_report, plot_reliability
     from training.data import read_manifest
     from training.evaluate import binary_metrics, choose_threshold
-    from training.robustness import robustness
+    from training.robustness import CONDITIONS, robustness, score_conditions, split_photo_bytes
 
     meta = source.info.metadata
     size = int(meta.get("image_size", 128))
     manifest = read_manifest(manifest_path)
     raw = _raw_classifier(source, size)
-    val_x, val_y, val_none = framed_split(manifest, "val", size)
+    # validation photos as users send them: untouched (the calibration's) and every robustness condition
+    conditions_raw, conditions_none = score_conditions(raw, split_photo_bytes(manifest, "val"), size=size,
+                                                       seed=SEED, framing=FRAMING)
+    untouched = list(CONDITIONS).index("untouched")
+    val_raw, val_none = conditions_raw[untouched], conditions_none[untouched]
+    val_y = np.asarray(manifest["splits"]["val"]["labels"], np.int64)
     test_x, test_y, test_none = framed_split(manifest, "test", size)
-    val_raw, test_raw = raw(val_x).astype(np.float64), raw(test_x).astype(np.float64)
+    test_raw = raw(test_x).astype(np.float64)
     method = (meta.get("calibration") or {}).get("method", "platt")
     fitted, ece = calibration_report(val_y, val_raw, test_y, test_raw, method)
     val_p, test_p = cal.apply(val_raw, fitted), cal.apply(test_raw, fitted)
-    threshold = choose_threshold(val_y, val_p)
+    # The threshold serves photos as users send them, so it is chosen on all of them, pooled (why: models/README.md).
+    threshold = choose_threshold(np.tile(val_y, len(conditions_raw)), cal.apply(conditions_raw.ravel(), fitted))
     plot_reliability(test_y, test_raw, test_p, out_dir / "reliability.png", title=f"{source.tag}, framing face")
 
     def predict(pixels: np.ndarray) -> np.ndarray:
@@ -77,7 +84,9 @@ def framed_evaluation(source: Any, manifest_path: Path, out_dir: Path) -> dict[s
     report = robustness(predict, manifest_path, threshold, out_dir=out_dir, framing=FRAMING)
     return {
         "calibration": fitted, "ece": ece, "threshold": threshold,
-        "threshold_method": f"maximises balanced accuracy on the framed validation split (n={len(val_y)})",
+        "threshold_method": (f"maximises balanced accuracy on the framed validation split as users send it: "
+                             f"untouched and {len(conditions_raw) - 1} robustness conditions pooled "
+                             f"({len(conditions_raw)} x {len(val_y)} photos)"),
         "metrics": binary_metrics(test_y, test_p, threshold),
         "validation_metrics": binary_metrics(val_y, val_p, threshold),
         "reference_distribution": {"split": "test", "photos": len(test_y), "counts": reference_histogram(test_p)},
@@ -123,12 +132,16 @@ def frame_version(tag: str, manifest: str | Path, out_dir: str | Path) -> tuple[
     return new_tag, measured
 
 
-def _cli(args) -> int:
-    new_tag, m = frame_version(args.tag, args.manifest, args.out_dir)
+def summary(m: dict[str, Any]) -> str:
+    """One line of what `frame_version` measured."""
     rows = ", ".join(f"{k} {v['roc_auc']:.3f}/{v['recall']:.3f}" for k, v in m["robustness"].items())
-    print(f"registered {new_tag} = {args.tag} + face framing: test ROC-AUC {m['metrics']['roc_auc']:.4f}, "
-          f"threshold {m['threshold']:.3f}, ECE {m['ece']['test']:.3f}, no face {m['no_face']['test']}/"
-          f"{m['no_face']['test_photos']}; AUC/recall by condition: {rows}")
+    return (f"test ROC-AUC {m['metrics']['roc_auc']:.4f}, threshold {m['threshold']:.3f}, ECE {m['ece']['test']:.3f}, "
+            f"no face {m['no_face']['test']}/{m['no_face']['test_photos']}; AUC/recall by condition: {rows}")
+
+
+def _cli(args) -> int:
+    new_tag, measured = frame_version(args.tag, args.manifest, args.out_dir)
+    print(f"registered {new_tag} = {args.tag} + face framing: {summary(measured)}")
     return 0
 
 

@@ -308,3 +308,14 @@ def build_from_hyperparameters(values: dict, search_space: str = "paper", size: 
         if not name.startswith("tuner/"):
             hp.values[name] = value
     return hypermodel_for(search_space, size)(hp)
+
+
+def fixed_point(search_space: str, size: int = IMAGE_SIZE, train_steps: int | None = None) -> dict | None:
+    """The hyperparameter values of a search space whose every value is Fixed (one point: nothing to
+    search, so `tune` fits it once instead of spending a trial on it), else None."""
+    import keras_tuner as kt
+    from keras_tuner.engine.hyperparameters import Fixed
+
+    hp = kt.HyperParameters()
+    hypermodel_for(search_space, size, train_steps)(hp)
+    return dict(hp.values) if all(isinstance(h, Fixed) for h in hp.space) else None

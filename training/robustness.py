@@ -167,14 +167,22 @@ def condition_metrics(y: np.ndarray, p: np.ndarray, people: np.ndarray, threshol
 def score_conditions(predict: Callable[[np.ndarray], np.ndarray], photos: list[bytes], *, size: int,
                      seed: int, chunk: int = 64, framing: str = "none") -> tuple[np.ndarray, np.ndarray]:
     """(P(glasses), no_face), each (n_conditions, n_photos): photos altered and framed in threads (PIL
-    releases the GIL), chunk by chunk."""
+    releases the GIL), chunk by chunk, the next chunk prepared while the model scores this one."""
     conditions = tuple(CONDITIONS)
     out = np.empty((len(conditions), len(photos)), np.float64)
     no_face = np.zeros((len(conditions), len(photos)), bool)
+    starts = list(range(0, len(photos), chunk))
     with ThreadPoolExecutor(max_workers=2) as pool:
-        for start in range(0, len(photos), chunk):
-            batch = list(pool.map(lambda i: framed_variants(photos[i], i, size=size, seed=seed, framing=framing),
-                                  range(start, min(start + chunk, len(photos)))))
+        def submit(k: int) -> list:
+            if k >= len(starts):
+                return []
+            return [pool.submit(framed_variants, photos[i], i, size=size, seed=seed, framing=framing)
+                    for i in range(starts[k], min(starts[k] + chunk, len(photos)))]
+
+        pending = submit(0)
+        for k, start in enumerate(starts):
+            batch = [f.result() for f in pending]
+            pending = submit(k + 1)
             pixels = np.stack([b[0] for b in batch], axis=1)  # (conditions, photos, S, S, 3)
             flat = predict(pixels.reshape((-1,) + pixels.shape[2:]))
             out[:, start:start + len(batch)] = np.asarray(flat, np.float64).reshape(len(conditions), len(batch))

@@ -1,6 +1,8 @@
-"""Run: the whole offline pipeline in one command: prepare -> tune -> evaluate -> register (+ promote).
+"""Run: the whole offline pipeline in one command: prepare -> tune -> evaluate -> register (+ promote)
+[-> frame: the face-framed copy, training/framing.py].
 
     glasses-train run --source folders:../shared/data/celeba-glasses --profile smoke [--exclude FILE ...]
+                      [--serve-framing face]
 
 prints where every artefact went (cache + manifest, tuner project, run directory with model,
 report and learning curves, registry tag). A distributed search runs the same command everywhere
@@ -28,9 +30,11 @@ def run(
     size: int | None = None,
     fresh: bool = False, force: bool = False, promote: bool = True,
     work_dir: str | Path = WORK_DIR, scheduler: str | None = None, exclude_files: list = (),
+    serve_framing: str = "none",
 ) -> dict:
-    """prepare -> tune -> evaluate -> register; returns {stage: artefact} (paths, tag, metrics).
-    `exclude_files` go to prepare (photo ids left out; their sha256s reach the manifest and lineage)."""
+    """prepare -> tune -> evaluate -> register [-> frame]; returns {stage: artefact} (paths, tag, metrics).
+    `exclude_files` go to prepare (photo ids left out; their sha256s reach the manifest and lineage);
+    `serve_framing="face"` also registers the face-framed copy (training/framing.py), promoted in its place."""
     from glasses import registry
     from training.evaluate import evaluate_run, format_metrics
     from training.register import register
@@ -71,8 +75,20 @@ def run(
     out["promoted"] = reg.promoted
     out["store"] = str(registry.bentoml_home())
     print(f"   {reg.gate.reason}{' (FORCED)' if reg.forced else ''}", flush=True)
+    if serve_framing == "face":
+        _frame(out, result.run_dir)
     _print_artefacts(out, started)
     return out
+
+
+def _frame(out: dict, run_dir: Path) -> None:
+    """The frame stage: the registered version's face-framed copy (promoted if the version was)."""
+    from training.framing import frame_version, summary
+
+    print("== frame (serve photos cropped to the training framing around the face)", flush=True)
+    out["unframed_tag"] = out["tag"]
+    out["tag"], measured = frame_version(out["tag"], out["manifest"], Path(run_dir) / "framing")
+    print(f"   {summary(measured)}", flush=True)
 
 
 def _prepare(source: str | list[str], size: int, scheduler: str | None, work_dir: Path, exclude_files,
@@ -101,7 +117,8 @@ def _prepare(source: str | list[str], size: int, scheduler: str | None, work_dir
 
 def _print_artefacts(out: dict, started: float) -> None:
     print("== artefacts")
-    for key in ("manifest", "tuner_dir", "run_dir", "model", "report", "learning_curves", "store", "tag"):
+    for key in ("manifest", "tuner_dir", "run_dir", "model", "report", "learning_curves", "store", "unframed_tag",
+                "tag"):
         if out.get(key):
             print(f"   {key:<16} {out[key]}")
     if "promoted" in out:
@@ -123,6 +140,9 @@ def add_cli(subparsers) -> None:
     p.add_argument("--no-promote", action="store_true", help="register without promoting")
     p.add_argument("--work-dir", type=Path, default=WORK_DIR)
     p.add_argument("--scheduler", default=None, help="dask scheduler for prepare (see prepare --help)")
+    p.add_argument("--serve-framing", choices=("none", "face"), default="none",
+                   help="face: also register (and promote in its place) the copy that serves photos cropped to "
+                        "the training framing around the face, as `glasses-train frame` does")
     p.set_defaults(func=_cli)
 
 
@@ -131,5 +151,6 @@ def _cli(args) -> int:
         if not Path(path).expanduser().is_file():
             raise UserError(f"exclusion file not found: {Path(path).expanduser().resolve()}")
     run(args.source, args.profile, size=args.size, fresh=args.fresh, force=args.force,
-        promote=not args.no_promote, work_dir=args.work_dir, scheduler=args.scheduler, exclude_files=args.exclude)
+        promote=not args.no_promote, work_dir=args.work_dir, scheduler=args.scheduler, exclude_files=args.exclude,
+        serve_framing=args.serve_framing)
     return 0

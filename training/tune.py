@@ -33,11 +33,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from glasses.config import IMBALANCE_WARNING_BELOW, TUNING_PROFILES, TUNING_SUBDIR, WORK_DIR, TuningProfile
+from glasses.config import TUNING_PROFILES, TUNING_SUBDIR, WORK_DIR, TuningProfile
 from glasses.files import write_json_atomic
 from training import acceleration, keras_tuner_compat
 from training.cli import UserError
-from training.fitting import class_weights, fit_verbosity, history_lists, resolve_augment
+from training.fitting import class_weights, fit_verbosity, history_lists, imbalance_warning, resolve_augment
 from training.rundir import RunDir
 from training.trials import active_hyperparameters, check_trials, make_tuner_class, stitched_history, trial_summaries
 
@@ -79,22 +79,6 @@ def get_profile(name: str, **overrides: Any) -> TuningProfile:
         return TUNING_PROFILES[name].replace(**overrides)
     except (TypeError, ValueError) as exc:
         raise UserError(str(exc)) from None
-
-
-def imbalance_warning(manifest_path: Path, objective: str) -> str | None:
-    """A warning line when the minority class is rare and the objective is plain accuracy."""
-    from training.data import class_counts
-
-    counts = class_counts(manifest_path, "train")
-    n = sum(counts.values())
-    share = min(counts.values()) / n if n else 0.0
-    if objective == "val_accuracy" and share < IMBALANCE_WARNING_BELOW:
-        rare = min(counts, key=counts.get)
-        return (
-            f"warning: imbalanced classes ({rare} = {share:.1%} of train); objective val_accuracy rewards "
-            f"predicting the majority class: prefer a profile with objective val_auc"
-        )
-    return None
 
 
 def distributed_role() -> str:
@@ -203,17 +187,30 @@ def _tune(manifest_path: Path, profile: str | TuningProfile, plan: acceleration.
         verbose=verbose,
         timer=acceleration.epoch_timer(),
     )
-    tuner, resumed, search_wall = _search(profile, project_dir, data, role, _train_steps(manifest, profile), plan)
-    result = TuneResult(role=role, profile=profile.name, objective=profile.objective, project_dir=project_dir,
-                        search_wall_time_s=round(search_wall, 3))
+    from training.models import fixed_point
+
+    point = fixed_point(profile.search_space, profile.image_size, _train_steps(manifest, profile))
+    if point is not None and role == "local" and profile.final_epochs:
+        print(f"[tune] every hyperparameter of search space {profile.search_space!r} is Fixed: no search, "
+              "one fit of that point", flush=True)
+        result = TuneResult(role=role, profile=profile.name, objective=profile.objective, project_dir=project_dir,
+                            best_hyperparameters=point)
+        fit_started = time.monotonic()
+        model = _refit(profile, data, result, int(manifest["size"]))
+        result.final_fit_wall_time_s, resumed = round(time.monotonic() - fit_started, 3), False
+    else:
+        tuner, resumed, search_wall = _search(profile, project_dir, data, role, _train_steps(manifest, profile), plan)
+        result = TuneResult(role=role, profile=profile.name, objective=profile.objective, project_dir=project_dir,
+                            search_wall_time_s=round(search_wall, 3))
+        if role != "worker":
+            model = _final_model(tuner, profile, data, result, int(manifest["size"]))
     if role == "worker":
-        print(f"[tune] worker {os.environ['KERASTUNER_TUNER_ID']} done in {search_wall:.1f}s; the chief builds "
+        print(f"[tune] worker {os.environ['KERASTUNER_TUNER_ID']} done in {result.search_wall_time_s:.1f}s; the chief builds "
               "the final model", flush=True)
         return result
-    model = _final_model(tuner, profile, data, result, int(manifest["size"]))
     run = RunDir(run_dir) if run_dir else RunDir.new(work_dir, profile.name)
     _write_run(run, model, result, profile, manifest_path, manifest, config["manifest_hash"], resumed, plan)
-    print(f"[tune] search {search_wall:.1f}s + final model {result.final_fit_wall_time_s:.1f}s; "
+    print(f"[tune] search {result.search_wall_time_s:.1f}s + final model {result.final_fit_wall_time_s:.1f}s; "
           f"{sum(t['status'] == 'COMPLETED' for t in result.trials)} trials; model -> {result.model_path}", flush=True)
     return result
 
