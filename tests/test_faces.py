@@ -216,6 +216,26 @@ def test_frame_cli_registers_a_recalibrated_framed_copy(celeba_dir, tmp_path):
     assert missing.returncode != 0 and len(missing.stderr.strip().splitlines()) == 1 and "does not exist" in missing.stderr
 
 
+def test_run_serve_framing_registers_and_promotes_the_framed_copy(celeba_dir, tmp_path):
+    """`run --serve-framing face`: the run's version is registered, then its framed copy, which is the
+    run's tag; the framing reports are in the run directory (promotion: the frame CLI test above)."""
+    home = tmp_path / "bentoml"
+    source = _subset(celeba_dir, tmp_path / "photos", people=24, per_person=3)
+    done = _cli(["run", "--source", f"folders:{source}", "--profile", "smoke", "--size", "64", "--serve-framing", "face",
+                 "--no-promote", "--force", "--work-dir", str(tmp_path / "work")], home)
+    assert done.returncode == 0, done.stderr[-2000:]
+    fields = {line.split()[0]: line.split()[-1] for line in done.stdout.splitlines() if line.startswith("   ") and line.split()}
+    assert "== frame" in done.stdout and fields["unframed_tag"] != fields["tag"] and fields["promoted"] == "no"
+    run_dir = Path(fields["run_dir"])
+    assert (run_dir / "framing" / "framing.json").is_file() and (run_dir / "framing" / "robustness.md").is_file()
+    show = subprocess.run([sys.executable, "-c", "import json; from glasses import registry; "
+                           f"m = registry.get_model({fields['tag']!r}); "
+                           "print(json.dumps([m.info.metadata.get('framing'), m.info.metadata.get('framed_from'), "
+                           "registry.promoted_tag()]))"],
+                          env=dict(os.environ, BENTOML_HOME=str(home)), capture_output=True, text=True, cwd=REPO_ROOT)
+    assert json.loads(show.stdout.strip().splitlines()[-1]) == ["face", fields["unframed_tag"], None]
+
+
 def test_prepare_frames_the_cache_and_records_it(celeba_dir, tmp_path):
     """`prepare --framing face`: its own cache (another fingerprint), every photo cropped as the
     contract crops it, the manifest says framing "face" and lists photos without a face."""

@@ -58,7 +58,8 @@ def run(
     out["model"] = str(result.model_path)
 
     print("== evaluate (test split)", flush=True)
-    report = evaluate_run(result.run_dir)
+    # with serve_framing "face" the framed copy is what gets measured per condition (frame stage)
+    report = evaluate_run(result.run_dir, robust=serve_framing == "none")
     print(f"   {format_metrics(report['metrics'])}", flush=True)
     print(f"   threshold {report['threshold']['value']:.4f}: {report['threshold']['method']}", flush=True)
     out["report"] = report.get("report_path")
