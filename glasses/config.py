@@ -251,7 +251,7 @@ SERVE_RUNTIME = os.environ.get("GLASSES_RUNTIME", "auto")
 # the image's contrast, which amplifies float32 summation-order differences on flat check images to
 # ~7e-5 (4.5e-7 for the `celeba` model): 2e-4 still refuses every broken conversion.
 LITERT_TOLERANCE = 2e-4
-LITERT_THREADS = int(os.environ.get("GLASSES_LITERT_THREADS", "2"))  # XNNPACK threads per interpreter (measured: docs/loadtests.md)
+LITERT_THREADS = int(os.environ.get("GLASSES_LITERT_THREADS", "1"))  # XNNPACK threads per interpreter (measured: docs/loadtests.md)
 # Interpreter batch: larger batches run in chunks of this size (the tensor arena grows with the batch:
 # ~75 MB RSS at 16 against ~230 MB at 64 for the bundled model; per image, 16 is as fast).
 LITERT_MAX_BATCH = 16
@@ -275,7 +275,7 @@ UPLOAD_WAIT_S = 30.0
 # (the reasoning is in the comment at the top of service/service.py).
 SERVE_MAX_BATCH_SIZE = 64
 SERVE_MAX_LATENCY_MS = 3000  # queueing bound before a request is shed with 503
-SERVE_WORKERS = int(os.environ.get("GLASSES_SERVE_WORKERS", "1"))  # processes, each with its own model
+SERVE_WORKERS = int(os.environ.get("GLASSES_SERVE_WORKERS", "2"))  # processes, each with its own model and GIL
 SERVE_THREADS = 1  # threads running batches (the dispatcher runs one batch at a time anyway)
 SERVE_DISPATCH = os.environ.get("GLASSES_DISPATCH", "greedy")  # "greedy" | "cork" (BentoML's own rule)
 DECODE_THREADS = 4  # threads decoding uploads (PIL releases the GIL while decoding/resizing)

@@ -201,16 +201,18 @@ class CalibratedClassifier(_WarmUp):
         return CalibratedClassifier(self.raw.replica(threads), self.calibration)
 
 
-def load_classifier(bento_model_or_path: Any, runtime: str = "auto", image_size: int | None = None) -> Classifier:
-    """Load a version with the runtime `choose_runtime` picks (image_size default: its metadata's),
-    calibrated with its metadata's `calibration` when it has one."""
+def load_classifier(bento_model_or_path: Any, runtime: str = "auto", image_size: int | None = None,
+                    threads: int = LITERT_THREADS) -> Classifier:
+    """Load a version with the runtime `choose_runtime` picks (image_size default: its metadata's;
+    `threads`: LiteRT's, the service's per-worker default), calibrated with its metadata's
+    `calibration` when it has one."""
     chosen = choose_runtime(bento_model_or_path, runtime)
     meta = getattr(getattr(bento_model_or_path, "info", None), "metadata", None) or {}
     if image_size is None:
         image_size = int(meta.get("image_size", IMAGE_SIZE))
     folder = version_dir(bento_model_or_path)
     if chosen == "litert":
-        raw: Classifier = LiteRTClassifier(folder / LITERT_MODEL_FILE, image_size)
+        raw: Classifier = LiteRTClassifier(folder / LITERT_MODEL_FILE, image_size, threads)
     else:
         raw = TFClassifier(folder / MODEL_FILE, image_size)
     return CalibratedClassifier(raw, meta["calibration"]) if meta.get("calibration") else raw

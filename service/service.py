@@ -22,7 +22,8 @@ How a request flows (why, with the measured alternatives and how they were measu
      no serialised pixels, a batch never mixes versions, and BentoML's adaptive_batch_size metric of
      the `infer` API covers every batch.
   3. `GreedyDispatcher` releases a batch as soon as the model is free, instead of upstream's wait rule.
-  4. One worker, max_batch_size 64, threads=1 (glasses/config.py): the layout measured best on 2 cores.
+  4. Two workers (each with its own GIL, model and batching), one LiteRT thread each, max_batch_size 64
+     (glasses/config.py): the layout measured best on 2 cores.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ def server(tmp_path_factory):
     home = tmp_path_factory.mktemp("limits-store") / "bentoml"
     register_model(home, seed=0)
     env = {"GLASSES_HEADER_TIMEOUT_S": str(HEAD_TIMEOUT_S), "GLASSES_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
-           "GLASSES_RUNTIME": "litert"}
+           "GLASSES_RUNTIME": "litert", "GLASSES_SERVE_WORKERS": "1"}  # the limits are per worker: one, measured
     with ServiceServer(home, env=env) as srv:
         yield srv
 

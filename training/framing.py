@@ -17,6 +17,7 @@ cropped face reaches the model at the scale it learnt. Figures: models/README.md
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ def _raw_classifier(source: Any, size: int):
     """The version's uncalibrated classifier on its best runtime (LiteRT when it has model.tflite)."""
     from glasses.runtimes import load_classifier
 
-    clf = load_classifier(source, "auto", size)
+    clf = load_classifier(source, "auto", size, threads=os.cpu_count() or 1)  # offline: every core
     return getattr(clf, "raw", clf)
 
 
