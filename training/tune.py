@@ -178,6 +178,10 @@ def _tune(manifest_path: Path, profile: str | TuningProfile, plan: acceleration.
 
     import keras
 
+    from training.models import fixed_point
+
+    # before the seed is set: finding out builds a throwaway model, which draws from the global RNG
+    point = fixed_point(profile.search_space, profile.image_size, _train_steps(manifest, profile))
     keras.utils.set_random_seed(profile.seed)
     data = _FitData(
         train=make_dataset(manifest_path, "train", batch_size=profile.batch_size, seed=profile.seed,
@@ -187,9 +191,6 @@ def _tune(manifest_path: Path, profile: str | TuningProfile, plan: acceleration.
         verbose=verbose,
         timer=acceleration.epoch_timer(),
     )
-    from training.models import fixed_point
-
-    point = fixed_point(profile.search_space, profile.image_size, _train_steps(manifest, profile))
     if point is not None and role == "local" and profile.final_epochs:
         print(f"[tune] every hyperparameter of search space {profile.search_space!r} is Fixed: no search, "
               "one fit of that point", flush=True)
