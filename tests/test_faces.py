@@ -216,7 +216,7 @@ def test_frame_cli_registers_a_recalibrated_framed_copy(celeba_dir, tmp_path):
     assert missing.returncode != 0 and len(missing.stderr.strip().splitlines()) == 1 and "does not exist" in missing.stderr
 
 
-def test_run_serve_framing_registers_and_promotes_the_framed_copy(celeba_dir, tmp_path):
+def test_run_serve_framing_registers_the_framed_copy(celeba_dir, tmp_path):
     """`run --serve-framing face`: the run's version is registered, then its framed copy, which is the
     run's tag; the framing reports are in the run directory (promotion: the frame CLI test above)."""
     home = tmp_path / "bentoml"
