@@ -45,7 +45,7 @@ class Classifier(Protocol):
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray: ...
 
-    def warm_up(self, batch_sizes: tuple[int, ...] = (1, 8, 64)) -> None: ...
+    def warm_up(self, batch_sizes: tuple[int, ...] | None = None) -> None: ...
 
     def replica(self, threads: int = LITERT_THREADS) -> "Classifier": ...
 
@@ -54,9 +54,10 @@ class _WarmUp:
     """Touch each batch-size regime once, so the first request is not slow; fail on a broken model."""
 
     image_size: int
+    warm_up_sizes: tuple[int, ...] = (1, 8, 64)  # the runtime's own regimes unless told otherwise
 
-    def warm_up(self, batch_sizes: tuple[int, ...] = (1, 8, 64)) -> None:
-        for n in batch_sizes:
+    def warm_up(self, batch_sizes: tuple[int, ...] | None = None) -> None:
+        for n in batch_sizes or self.warm_up_sizes:
             out = self(np.zeros((n, self.image_size, self.image_size, 3), np.uint8))  # type: ignore[operator]
             if out.shape != (n,) or not np.all(np.isfinite(out)):
                 raise RuntimeError(f"warm-up failed: model returned {out.shape} / non-finite values")
@@ -102,6 +103,7 @@ class LiteRTClassifier(_WarmUp):
     """
 
     runtime = "litert"
+    warm_up_sizes = (1, 2)  # a new batch size only re-allocates: a first batch of 64 costs as the next one
 
     def __init__(self, model: Path | bytes, image_size: int, threads: int = LITERT_THREADS) -> None:
         from ai_edge_litert.interpreter import Interpreter
@@ -190,7 +192,7 @@ class CalibratedClassifier(_WarmUp):
 
     def __init__(self, raw: Classifier, calibration: dict) -> None:
         self.raw, self.calibration = raw, calibration
-        self.runtime, self.image_size = raw.runtime, raw.image_size
+        self.runtime, self.image_size, self.warm_up_sizes = raw.runtime, raw.image_size, raw.warm_up_sizes
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 (N, S, S, 3) -> float32 calibrated P(glasses) (N,)."""

@@ -50,7 +50,6 @@ from glasses.runtimes import load_classifier
 from service.metrics import ServiceMetrics
 
 logger = logging.getLogger("bentoml.glasses")
-WARM_UP_SIZES = (1, 8, SERVE_MAX_BATCH_SIZE)
 
 
 class UnknownModel(LookupError):
@@ -115,7 +114,7 @@ def load_version(tag: str) -> Version:
         size = card["preprocessing"]["image_size"]
         classifier = load_classifier(stored, SERVE_RUNTIME, size)  # tf | litert, as the version allows
         card["runtime"] = classifier.runtime
-        classifier.warm_up(WARM_UP_SIZES)
+        classifier.warm_up()  # the runtime's own batch-size regimes
         meta = stored.info.metadata or {}
         parity = None
         if meta.get("parity_probe"):

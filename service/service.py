@@ -23,7 +23,7 @@ How a request flows (why, with the measured alternatives and how they were measu
      the `infer` API covers every batch.
   3. `GreedyDispatcher` releases a batch as soon as the model is free, instead of upstream's wait rule.
   4. Two workers (each with its own GIL, model and batching), one LiteRT thread each, max_batch_size 64
-     (glasses/config.py): the layout measured best on 2 cores.
+     (glasses/config.py): the layout measured best on 2 cores; uvicorn on httptools + uvloop.
 """
 
 from __future__ import annotations
