@@ -301,9 +301,8 @@ def promoted_tag() -> str | None:
     file check, not BentoML's ~20 ms parse of it, which server start-up would pay once more)."""
     tag = read_aliases().get(PRODUCTION, {}).get("tag")
     name, _, version = (tag or "").partition(":")
-    if not version or version == "latest" or "/" in tag:
-        return None
-    return tag if (bentoml_home() / "models" / name / version / "model.yaml").is_file() else None
+    present = name == MODEL_NAME and version.isalnum() and (store_dir() / version / "model.yaml").is_file()
+    return tag if present else None
 
 
 def resolve(import_default: bool = True) -> tuple[str, str]:
