@@ -29,7 +29,7 @@ MAX_IMAGE_PIXELS = 50_000_000  # decompression-bomb guard (a 48 MP phone photo s
 # glibc malloc thresholds for the processes that decode images (glasses/allocator.py): blocks up to
 # the mmap threshold come from the heap and are reused, and up to the trim threshold of free heap is
 # kept, so a decoded photo's MB-sized buffers are not faulted in again for every image.
-MALLOC_MMAP_THRESHOLD_BYTES = 16 * 1024 * 1024  # a 2048² RGBA frame fits; a 30 MB upload is mapped
+MALLOC_MMAP_THRESHOLD_BYTES = 16 * 1024 * 1024  # photos up to ~4 MP (PIL: 4 bytes a pixel); a 30 MB body is mapped
 MALLOC_TRIM_THRESHOLD_BYTES = 64 * 1024 * 1024
 
 # --- face framing (glasses/faces.py) -----------------------------------------------------------

@@ -23,7 +23,8 @@ How a request flows (why, with the measured alternatives and how they were measu
      the `infer` API covers every batch.
   3. `GreedyDispatcher` releases a batch as soon as the model is free, instead of upstream's wait rule.
   4. Two workers (each with its own GIL, model and batching), one LiteRT thread each, max_batch_size 64
-     (glasses/config.py): the layout measured best on 2 cores; uvicorn on httptools + uvloop.
+     (glasses/config.py): the layout measured best on 2 cores; uvicorn on httptools + uvloop; freed
+     image buffers stay in the C heap for the next photo (glasses/allocator.py).
 """
 
 from __future__ import annotations
