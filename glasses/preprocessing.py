@@ -121,8 +121,11 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 def load_rgb(source: ImageSource) -> Image.Image:
     """Contract's first steps: decode strictly (unless given a PIL image), EXIF orientation, RGB."""
-    img = source if isinstance(source, Image.Image) else decode(source)
-    img = ImageOps.exif_transpose(img) or img
+    if isinstance(source, Image.Image):
+        img = ImageOps.exif_transpose(source) or source  # a copy: the caller's image stays as it was
+    else:
+        img = decode(source)
+        ImageOps.exif_transpose(img, in_place=True)  # our own image: no copy of every pixel
     return to_rgb(img)
 
 

@@ -78,6 +78,20 @@ def test_frame_puts_the_box_where_training_photos_have_it():
     assert out[0, -left + 5, 0] == 5  # inside the photo, unchanged
 
 
+@pytest.mark.parametrize("dx, dy", [(-60, -60), (60, 60), (-60, 50), (50, -60), (0, 0), (-150, 0), (0, 150)])
+def test_frame_pads_exactly_like_numpys_edge_mode(dx, dy):
+    """frame() repeats edge pixels in PIL; it must match numpy.pad(mode="edge") pixel for pixel, past
+    every border, the corners included (a face near each edge and corner of a noisy photo)."""
+    img = Image.fromarray(np.random.default_rng(abs(dx * 7 + dy)).integers(0, 256, (120, 160, 3), dtype=np.uint8), "RGB")
+    face = faces.Face((50.0 + dx, 30.0 + dy, 110.0 + dx, 90.0 + dy), 0.9)
+    left, top, right, bottom = faces.frame_region(face)
+    x0, y0 = min(max(left, 0), 159), min(max(top, 0), 119)
+    x1, y1 = max(min(right, 160), x0 + 1), max(min(bottom, 120), y0 + 1)
+    pad = ((max(y0 - top, 0), max(bottom - y1, 0)), (max(x0 - left, 0), max(right - x1, 0)), (0, 0))
+    expected = np.pad(np.asarray(img)[y0:y1, x0:x1], pad, mode="edge")
+    assert np.array_equal(np.asarray(faces.frame(img, face)), expected)
+
+
 def test_a_face_filling_the_frame_is_found_on_a_second_look(celeba_dir):
     """Tight grayscale face crops (150 px, brows to chin): the border retry finds faces the first look
     misses, and the box it returns is in the crop's own pixels."""
