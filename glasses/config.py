@@ -26,12 +26,6 @@ IMAGE_SIZE = 128  # the paper's choice
 ALLOWED_SIZES: tuple[int, ...] = (64, 128, 256)
 MAX_IMAGE_PIXELS = 50_000_000  # decompression-bomb guard (a 48 MP phone photo still fits)
 
-# glibc malloc thresholds for the processes that decode images (glasses/allocator.py): blocks up to
-# the mmap threshold come from the heap and are reused, and up to the trim threshold of free heap is
-# kept, so a decoded photo's MB-sized buffers are not faulted in again for every image.
-MALLOC_MMAP_THRESHOLD_BYTES = 16 * 1024 * 1024  # photos up to ~4 MP (PIL: 4 bytes a pixel); a 30 MB body is mapped
-MALLOC_TRIM_THRESHOLD_BYTES = 64 * 1024 * 1024
-
 # --- face framing (glasses/faces.py) -----------------------------------------------------------
 # A version with metadata framing="face" sees every photo cropped to the training photos' framing
 # around the face BlazeFace finds; a photo with no face is refused (422). The detector is Google's

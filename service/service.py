@@ -23,8 +23,7 @@ How a request flows (why, with the measured alternatives and how they were measu
      the `infer` API covers every batch.
   3. `GreedyDispatcher` releases a batch as soon as the model is free, instead of upstream's wait rule.
   4. Two workers (each with its own GIL, model and batching), one LiteRT thread each, max_batch_size 64
-     (glasses/config.py): the layout measured best on 2 cores; uvicorn on httptools + uvloop; freed
-     image buffers stay in the C heap for the next photo (glasses/allocator.py).
+     (glasses/config.py): the layout measured best on 2 cores; uvicorn on httptools + uvloop.
 """
 
 from __future__ import annotations
@@ -59,7 +58,6 @@ from glasses.config import (
     SERVE_TRACING,
     SERVE_WORKERS,
 )
-from glasses.allocator import keep_freed_buffers
 from glasses.cards import model_card
 from glasses.registry import RegistryError, resolve, store_dir
 from service import pages
@@ -237,4 +235,3 @@ def _refuse(ctx: bentoml.Context, exc: UploadError) -> JSONResponse:
 GlassesService.add_asgi_middleware(BodyLimitMiddleware, max_bytes=MAX_REQUEST_BYTES)  # size, memory, body time
 pages.mount(GlassesService)  # GET / /docs /docs.json /static/*, POST /explain
 install_head_timeout(HEADER_TIMEOUT_S)  # slow or idle clients: uvicorn closes them (service/limits.py)
-keep_freed_buffers()  # decoded photos reuse heap memory instead of fresh pages (glasses/allocator.py)
