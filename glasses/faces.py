@@ -164,7 +164,7 @@ def _edge_pad(img: Image.Image, left: int, top: int, right: int, bottom: int) ->
     """`img` with its edge rows and columns repeated outwards (numpy.pad's "edge" mode, pixel for pixel).
 
     Done in PIL: a one-pixel strip stretched with NEAREST is that strip repeated. Going through numpy
-    instead (array, pad, back to an image) cost ~2.5x the time for a 1024² photo (docs/loadtests.md).
+    instead (array, pad, back to an image) copies the whole photo three more times (docs/loadtests.md).
     """
     if not (left or top or right or bottom):
         return img
