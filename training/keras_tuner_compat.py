@@ -9,6 +9,7 @@ version check) when keras-tuner is upgraded, so these internals are looked at ag
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,21 @@ def save_state_atomically() -> None:
 
     if kt_utils.save_json is not write_json_atomic:
         kt_utils.save_json = write_json_atomic
+
+
+def drop_unrecorded_trials(tuner: Any) -> list[str]:
+    """Forget the trials a crash left on disk before the oracle recorded them; their ids, in order.
+
+    keras-tuner writes a new trial's trial.json before oracle.json. A search killed between the two
+    resumes with that trial stuck RUNNING (the saved oracle never started it, so it is not retried)
+    and runs one more. Dropping it, and its folder, lets the search create the same slot again.
+    """
+    oracle = tuner.oracle
+    orphans = sorted(tid for tid in oracle.trials if tid not in set(oracle.start_order))
+    for tid in orphans:
+        del oracle.trials[tid]
+        shutil.rmtree(Path(oracle._project_dir) / f"trial_{tid}", ignore_errors=True)
+    return orphans
 
 
 def has_saved_state(tuner: Any) -> bool:

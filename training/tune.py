@@ -280,6 +280,8 @@ def _search(profile: TuningProfile, project_dir: Path, data: _FitData, role: str
         project_name=project_dir.name,
         overwrite=False,
     )
+    for tid in keras_tuner_compat.drop_unrecorded_trials(tuner):
+        print(f"[tune] trial {tid} was cut off before the search recorded it: it runs again", flush=True)
     resumed = keras_tuner_compat.has_saved_state(tuner)
     print(f"[tune] {role} search, profile {profile.name}, objective {profile.objective}, project {project_dir}",
           flush=True)
