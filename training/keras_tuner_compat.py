@@ -44,6 +44,8 @@ def drop_unrecorded_trials(tuner: Any) -> list[str]:
     and runs one more. Dropping it, and its folder, lets the search create the same slot again.
     """
     oracle = tuner.oracle
+    if getattr(oracle, "start_order", None) is None:  # a distributed worker's OracleClient: the chief's job
+        return []
     orphans = sorted(tid for tid in oracle.trials if tid not in set(oracle.start_order))
     for tid in orphans:
         del oracle.trials[tid]
