@@ -3,8 +3,10 @@
 keras-tuner 1.4.8 truncates and rewrites its state (oracle.json, trial.json, ...) in place, so a
 search killed mid-write kept an empty oracle.json and could never resume. `save_state_atomically`
 routes its one writer, keras_tuner.src.utils.save_json, through glasses.files.write_json_atomic.
-`has_saved_state` asks whether a tuner found a saved search to resume. Both fail loudly (at the
-version check) when keras-tuner is upgraded, so these internals are looked at again.
+`drop_unrecorded_trials` forgets a trial a kill left on disk before oracle.json recorded it, and
+`has_saved_state` asks whether a tuner found a saved search to resume. All of them rely on the version
+check in `save_state_atomically` (called first), which fails loudly when keras-tuner is upgraded, so
+these internals are looked at again.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ def drop_unrecorded_trials(tuner: Any) -> list[str]:
     oracle = tuner.oracle
     if getattr(oracle, "start_order", None) is None:  # a distributed worker's OracleClient: the chief's job
         return []
-    orphans = sorted(tid for tid in oracle.trials if tid not in set(oracle.start_order))
+    started = set(oracle.start_order)
+    orphans = sorted(tid for tid in oracle.trials if tid not in started)
     for tid in orphans:
         del oracle.trials[tid]
         shutil.rmtree(Path(oracle._project_dir) / f"trial_{tid}", ignore_errors=True)
