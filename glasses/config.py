@@ -26,6 +26,12 @@ IMAGE_SIZE = 128  # the paper's choice
 ALLOWED_SIZES: tuple[int, ...] = (64, 128, 256)
 MAX_IMAGE_PIXELS = 50_000_000  # decompression-bomb guard (a 48 MP phone photo still fits)
 
+# glibc malloc thresholds for the processes that decode images (glasses/allocator.py): blocks up to
+# the mmap threshold come from the heap and are reused, and up to the trim threshold of free heap top
+# is kept, so a framed 1024² photo's MB-sized buffers are not faulted in afresh for every request.
+MALLOC_MMAP_THRESHOLD_BYTES = 8 * 1024 * 1024  # a 1024² photo's buffers fit; a 12 MP photo's are mapped
+MALLOC_TRIM_THRESHOLD_BYTES = 32 * 1024 * 1024
+
 # --- face framing (glasses/faces.py) -----------------------------------------------------------
 # A version with metadata framing="face" sees every photo cropped to the training photos' framing
 # around the face BlazeFace finds; a photo with no face is refused (422). The detector is Google's

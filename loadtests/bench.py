@@ -98,8 +98,10 @@ class Ceiling:
     process (what the hardware allows)."""
 
     def __init__(self, version_dir: Path, runtime: str, framing: str = "none", batch: int = CEILING_BATCH):
+        from glasses.allocator import keep_freed_buffers
         from glasses.runtimes import LiteRTClassifier, load_classifier
 
+        keep_freed_buffers()  # as the service's workers do: the ceiling stays the best in-process pipeline
         self.runtime, self.batch, self.framing = runtime, batch, framing
         if runtime == "litert":  # in-process, nothing else runs: the interpreter gets every core
             self.classify = LiteRTClassifier(version_dir / LITERT_MODEL_FILE, IMAGE_SIZE, threads=os.cpu_count() or 1)

@@ -58,6 +58,7 @@ from glasses.config import (
     SERVE_TRACING,
     SERVE_WORKERS,
 )
+from glasses.allocator import keep_freed_buffers
 from glasses.cards import model_card
 from glasses.registry import RegistryError, resolve, store_dir
 from service import pages
@@ -235,3 +236,4 @@ def _refuse(ctx: bentoml.Context, exc: UploadError) -> JSONResponse:
 GlassesService.add_asgi_middleware(BodyLimitMiddleware, max_bytes=MAX_REQUEST_BYTES)  # size, memory, body time
 pages.mount(GlassesService)  # GET / /docs /docs.json /static/*, POST /explain
 install_head_timeout(HEADER_TIMEOUT_S)  # slow or idle clients: uvicorn closes them (service/limits.py)
+keep_freed_buffers()  # framed photos reuse heap memory instead of fresh pages (glasses/allocator.py)
