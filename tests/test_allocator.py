@@ -24,19 +24,20 @@ from loadtests.server import QUIET_ENV
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 
 # Frame the benchmark's generated 1024² PNG faces through the shared preprocessing contract, as a
-# worker does for a version with framing "face" (in its 4 decode threads), and count minor page faults per photo
-# after a warm-up.
+# worker does for a version with framing "face" (in its DECODE_THREADS decode threads, so in malloc's
+# thread arenas), and count minor page faults per photo after a warm-up.
 FAULTS_PER_PHOTO = """
 import json, resource, sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from glasses.allocator import keep_freed_buffers
+from glasses.config import DECODE_THREADS
 from glasses.preprocessing import to_uint8
 kept = keep_freed_buffers() if sys.argv[1] == "keep" else None
 if sys.argv[1] == "service":
     import service.service  # what each `bentoml serve` worker imports
 datas = [p.read_bytes() for p in sorted(Path(sys.argv[2]).glob("*.png"))[:6]]
-pool = ThreadPoolExecutor(4)  # a worker decodes in DECODE_THREADS threads, so in malloc's thread arenas
+pool = ThreadPoolExecutor(DECODE_THREADS)
 frame = lambda data: to_uint8(data, 128, "face")
 list(pool.map(frame, datas))
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
