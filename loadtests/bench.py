@@ -14,7 +14,9 @@ In one run, on the same machine, with the same model and the same images (per up
 4. naive: loadtests/naive_app.py (starlette + uvicorn, `model.predict` per request), same load.
 For both servers also: batch-1 latency (sequential single requests, one at a time) before and right
 after the saturating load (a release rule that keeps waiting after a burst shows up there), and for
-the service BentoML's mean adaptive batch size during the load (from /metrics).
+the service BentoML's mean adaptive batch size during the load (from /metrics). Beside it, the
+batch-1 floor: the same photos decoded, framed and classified in this process one at a time, as a
+worker does (its runtime and threads), which no server's batch-1 latency can beat on this CPU.
 Ratios: service/ceiling, service/peer and service/naive. The ceiling is measured before and after the servers and
 the better run counts. The load generator shares the 2 cores: its own CPU use (cores busy during the
 measured window) is measured and reported beside each figure, as is the server's, and
@@ -138,21 +140,58 @@ class Ceiling:
 
 
 def batch1_latency(url: str, uploads: list[Upload], n: int, answer: str = "object") -> dict:
-    """`n` single-image POST /predict requests one after another (keep-alive): p50/p95 ms of the
-    correct answers (200 and a verdict in the server's `answer` shape, loadtests/answers.py)."""
-    import requests
+    """`n` single-image POST /predict requests one after another on one keep-alive connection: p50/p95
+    ms of the correct answers (200 and a verdict in the server's `answer` shape, loadtests/answers.py).
+
+    The client is http.client with bodies built beforehand, so the figure is mostly the server's:
+    `requests` costs ~1.5 ms more per request on these 2 shared cores (docs/loadtests.md)."""
+    import http.client
+    from urllib.parse import urlsplit
 
     bodies = [multipart_body("image", [up]) for up in uploads[:n]]
+    where = urlsplit(url)
+    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
     latencies = []
-    with requests.Session() as session:
+    try:
         for i in range(n + 3):  # the first 3 warm the connection and are not counted
             body, content_type = bodies[i % len(bodies)]
             start = time.perf_counter()
-            resp = session.post(f"{url}/predict", data=body, headers={"Content-Type": content_type}, timeout=30)
-            if i >= 3 and resp.status_code == 200 and predict_answer_error(resp.json(), answer) is None:
-                latencies.append(1000 * (time.perf_counter() - start))
+            conn.request("POST", "/predict", body=body, headers={"Content-Type": content_type})
+            resp = conn.getresponse()
+            data = resp.read()
+            elapsed = 1000 * (time.perf_counter() - start)
+            if i >= 3 and resp.status == 200 and predict_answer_error(json.loads(data), answer) is None:
+                latencies.append(elapsed)
+    finally:
+        conn.close()
     return {"requests": n, "ok": len(latencies), "p50_ms": float(np.percentile(latencies, 50)) if latencies else None,
             "p95_ms": float(np.percentile(latencies, 95)) if latencies else None}
+
+
+def batch1_floor(tag: str, uploads: list[Upload], rounds: int = 3) -> dict:
+    """What one photo costs in-process, one at a time, as a worker runs it: the strict decode with the
+    version's framing, then the version's classifier at batch 1 on the service's runtime and threads.
+    p50 ms of each part and of their sum: the floor under the service's batch-1 latency on this CPU."""
+    from glasses import registry
+    from glasses.config import SERVE_RUNTIME
+    from glasses.preprocessing import framed_uint8
+    from glasses.runtimes import load_classifier
+
+    model = registry.get_model(tag)
+    size, framing = int(model.info.metadata.get("image_size", IMAGE_SIZE)), model.info.metadata.get("framing", "none")
+    classify = load_classifier(model, SERVE_RUNTIME)
+    classify.warm_up((1,))
+    decode_ms, classify_ms = [], []
+    for up in uploads * rounds:
+        t0 = time.perf_counter()
+        pixels, _ = framed_uint8(up.data, size, framing)
+        t1 = time.perf_counter()
+        classify(pixels[np.newaxis])
+        decode_ms.append(1000 * (t1 - t0))
+        classify_ms.append(1000 * (time.perf_counter() - t1))
+    total = np.add(decode_ms, classify_ms)
+    return {"p50_ms": float(np.median(total)), "decode_p50_ms": float(np.median(decode_ms)),
+            "classify_p50_ms": float(np.median(classify_ms)), "runtime": classify.runtime, "photos": len(total)}
 
 
 def adaptive_batches(url: str) -> tuple[float, float] | None:
@@ -261,6 +300,9 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             report["kinds"][kind] = {"label": KIND_LABELS.get(kind, kind), "files": len(uploads[kind]),
                                      "mean_bytes": int(np.mean([len(u.data) for u in uploads[kind]]))}
         measure_ceilings()
+        for kind in kinds:
+            log(f"batch-1 floor {kind} ...")
+            report["kinds"][kind]["floor"] = batch1_floor(tag, uploads[kind])
         for target, (command, env, answer) in http_targets(home, tag, model_file, args.service_env).items():
             port = free_port()
             log(f"starting {target} on 127.0.0.1:{port} ...")
@@ -324,6 +366,10 @@ def format_report(report: dict) -> str:
     lines += ["", f"| upload | target | batch-1 p50 / p95 ms ({LATENCY_REQUESTS} sequential) | right after the load "
               "| mean adaptive batch under load |", "|---|---|---:|---:|---:|"]
     for kind, res in report["kinds"].items():
+        fl = res["floor"]
+        lines.append(f"| {res['label']} | floor (in-process, one photo at a time: decode + framing "
+                     f"{fl['decode_p50_ms']:.2f} ms, classifier {fl['classify_p50_ms']:.2f} ms on {fl['runtime']}) "
+                     f"| {fl['p50_ms']:.2f} | | |")
         for target in TARGETS:
             r = res[target]
             b, a = r["batch1"], r["batch1_after_load"]

@@ -256,3 +256,25 @@ def test_bench_judges_the_idiomatic_peer_by_its_own_answers(tmp_path: Path) -> N
                          images=images, user_classes=("PredictUser",), html=False, predict_answer=answer)
     [row] = [s for s in run.stats if s.name == "/predict"]
     assert row.requests > 0 and row.failures == 0, (row, (tmp_path / "reports" / "peer.log").read_text()[-2000:])
+
+
+def test_bench_floor_times_each_photo_on_the_served_runtime(tmp_path: Path) -> None:
+    """The benchmark's batch-1 floor decodes, frames and classifies every photo once per round, on the
+    runtime the service would choose for the version, and reports each part beside their sum."""
+    import json
+
+    code = ("import json, sys; from pathlib import Path; from loadtests import bench; "
+            "from loadtests.images import generate_images, load_images; "
+            "tag = bench.register_model(Path(sys.argv[1]))[0]; "
+            "ups = load_images(generate_images(Path(sys.argv[2]), {'jpeg': 4, 'png': 0}) / 'jpeg'); "
+            "from glasses import registry; from glasses.config import SERVE_RUNTIME; "
+            "from glasses.runtimes import choose_runtime; "
+            "served = choose_runtime(registry.get_model(tag), SERVE_RUNTIME); "
+            "print(json.dumps({**bench.batch1_floor(tag, ups, rounds=2), 'served': served}))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "bentoml"), str(tmp_path / "images")],
+                         cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    floor = json.loads(out.stdout.strip().splitlines()[-1])
+    assert floor["photos"] == 8
+    assert floor["runtime"] == floor["served"]
+    assert 0 < floor["decode_p50_ms"] <= floor["p50_ms"] and 0 < floor["classify_p50_ms"] <= floor["p50_ms"]
