@@ -284,7 +284,7 @@ SERVE_MAX_LATENCY_MS = 3000  # queueing bound before a request is shed with 503
 SERVE_WORKERS = int(os.environ.get("GLASSES_SERVE_WORKERS", "2"))  # processes, each with its own model and GIL
 SERVE_THREADS = 1  # threads running batches (the dispatcher runs one batch at a time anyway)
 SERVE_DISPATCH = os.environ.get("GLASSES_DISPATCH", "greedy")  # "greedy" | "cork" (BentoML's own rule)
-DECODE_THREADS = 4  # threads decoding uploads (PIL releases the GIL while decoding/resizing)
+DECODE_THREADS = int(os.environ.get("GLASSES_DECODE_THREADS", "4"))  # threads decoding uploads per worker (PIL releases the GIL)
 # Uploads smaller than this are decoded on the event loop (no thread hop); larger ones in DECODE_THREADS.
 DECODE_INLINE_BYTES = int(os.environ.get("GLASSES_DECODE_INLINE_BYTES", "0"))
 # Per-request costs of BentoML's HTTP stack the service does not need by default (docs/service.md):

@@ -28,6 +28,7 @@ class CpuInfo:
     model: str
     cores: int
     flags: frozenset[str]
+    generation: str = ""  # x86 "family F model M": a name such as "AMD EPYC" covers several generations
 
     @property
     def bf16(self) -> bool:
@@ -40,17 +41,20 @@ class CpuInfo:
 
 def parse_cpuinfo(text: str) -> CpuInfo:
     """CpuInfo from the text of /proc/cpuinfo (x86 `flags`, Arm `Features`)."""
-    model, flags, cores = "unknown CPU", set(), 0
+    model, flags, cores, numbers = "unknown CPU", set(), 0, {}
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip().lower()
         if key in ("model name", "hardware") and model == "unknown CPU":
             model = value.strip() or model
+        elif key in ("cpu family", "model") and key not in numbers:
+            numbers[key] = value.strip()
         elif key in ("flags", "features") and not flags:
             flags = set(value.split())
         elif key == "processor":
             cores += 1
-    return CpuInfo(model=model, cores=cores or (os.cpu_count() or 1), flags=frozenset(flags))
+    generation = f"family {numbers['cpu family']} model {numbers['model']}" if len(numbers) == 2 else ""
+    return CpuInfo(model=model, cores=cores or (os.cpu_count() or 1), flags=frozenset(flags), generation=generation)
 
 
 def cpu_info(path: Path = CPUINFO) -> CpuInfo:
@@ -73,8 +77,9 @@ def onednn_path(flags: set[str], env: str | None) -> str:
 def describe() -> dict:
     """CPU model, cores, ML flags present, oneDNN path, Python version, host and load average."""
     cpu = cpu_info()
+    name = cpu.model if cpu.model != "unknown CPU" else platform.processor() or platform.machine()
     return {
-        "cpu": cpu.model if cpu.model != "unknown CPU" else platform.processor() or platform.machine(),
+        "cpu": f"{name} ({cpu.generation})" if cpu.generation else name,
         "cores": os.cpu_count(),
         "ml_flags": [f for f in ML_FLAGS if f in cpu.flags],
         "onednn": onednn_path(set(cpu.flags), os.environ.get("TF_ENABLE_ONEDNN_OPTS")),

@@ -46,12 +46,13 @@ def test_explicit_precision_is_obeyed_and_a_wrong_one_is_refused():
 
 
 def test_cpuinfo_parsing_x86_and_arm():
-    x86 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx512f avx512_bf16\n\n" \
-          "processor\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx512f avx512_bf16\n"
+    x86 = "processor\t: 0\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx512f avx512_bf16\n\n" \
+          "processor\t: 1\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx512f avx512_bf16\n"
     cpu = parse_cpuinfo(x86)
     assert (cpu.model, cpu.cores, cpu.bf16, cpu.amx) == ("AMD EPYC", 2, True, False)
+    assert cpu.generation == "family 26 model 2"  # "AMD EPYC" alone names Zen 1 and Zen 5 alike
     arm = "processor\t: 0\nFeatures\t: fp asimd bf16\nprocessor\t: 1\nFeatures\t: fp asimd bf16\n"
-    assert parse_cpuinfo(arm).cores == 2 and "bf16" in parse_cpuinfo(arm).flags
+    assert parse_cpuinfo(arm).cores == 2 and "bf16" in parse_cpuinfo(arm).flags and parse_cpuinfo(arm).generation == ""
     assert acceleration.cpu_info().model  # this machine: some name, never an exception
 
 
