@@ -39,7 +39,6 @@ import re
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +48,6 @@ from glasses.config import (
     CLASS_MAP,
     DEFAULT_THRESHOLD,
     IMAGE_SIZE,
-    LITERT_MODEL_FILE,
     LOADTEST_DIR,
     MODEL_FILE,
     SEED,
@@ -58,6 +56,7 @@ from glasses.machine import describe
 from glasses.runtimes import available_runtimes
 from loadtests.answers import predict_answer_error
 from loadtests.images import Upload, check_uploads, generate_images, load_images, multipart_body
+from loadtests.inprocess import Ceiling, batch1_floor
 from loadtests.run import run_locust
 from loadtests.server import Server, bentoml_command, free_port
 
@@ -66,7 +65,6 @@ KIND_LABELS = {"jpeg": "178x218 JPEG", "png": "1024x1024 PNG"}
 GOALS = {"jpeg": {"service/ceiling": 0.8, "service/peer": None, "service/naive": 10.0},
          "png": {"service/ceiling": 0.9, "service/peer": None, "service/naive": None}}
 TARGETS = ("service", "peer", "naive")
-CEILING_BATCH = 64
 LATENCY_REQUESTS = 100  # sequential batch-1 requests before and after each saturating load
 
 
@@ -93,50 +91,6 @@ def register_model(home: Path) -> tuple[str, Path, str]:
                                     labels={"stage": "benchmark"}, litert=conversion.tflite)
         source = f"paper's best CNN ({model.count_params():,} params), seeded weights"
     return tag, Path(registry.get_model(tag).path_of(MODEL_FILE)), source
-
-
-class Ceiling:
-    """Decode + preprocess (with the version's framing) + batched inference with one runtime, in this
-    process (what the hardware allows)."""
-
-    def __init__(self, version_dir: Path, runtime: str, framing: str = "none", batch: int = CEILING_BATCH):
-        from glasses.allocator import keep_freed_buffers
-        from glasses.runtimes import LiteRTClassifier, load_classifier
-
-        keep_freed_buffers()  # as the service's workers do: the ceiling stays the best in-process pipeline
-        self.runtime, self.batch, self.framing = runtime, batch, framing
-        if runtime == "litert":  # in-process, nothing else runs: the interpreter gets every core
-            self.classify = LiteRTClassifier(version_dir / LITERT_MODEL_FILE, IMAGE_SIZE, threads=os.cpu_count() or 1)
-        else:
-            self.classify = load_classifier(version_dir, runtime, IMAGE_SIZE)
-        self.classify.warm_up((batch,))
-
-    def measure(self, uploads: list, seconds: float) -> dict:
-        """images/s (and its two parts) over `seconds`; CPU ms per image from this process's CPU time."""
-        from glasses.preprocessing import to_uint8 as contract
-
-        def to_uint8(data: bytes) -> np.ndarray:
-            return contract(data, IMAGE_SIZE, self.framing)
-
-        datas = [u.data for u in uploads]
-        threads = os.cpu_count() or 2
-        with ThreadPoolExecutor(threads) as pool:  # PIL releases the GIL while decoding/resizing
-            self.classify(np.stack(list(pool.map(to_uint8, datas[:self.batch] * 2))[:self.batch]))
-            n, decode_s, infer_s, i = 0, 0.0, 0.0, 0
-            cpu0, start = time.process_time(), time.perf_counter()
-            while time.perf_counter() - start < seconds:
-                chunk = [datas[(i + k) % len(datas)] for k in range(self.batch)]
-                i += self.batch
-                t0 = time.perf_counter()
-                x = np.stack(list(pool.map(to_uint8, chunk)))
-                t1 = time.perf_counter()
-                n += len(self.classify(x))
-                infer_s += time.perf_counter() - t1
-                decode_s += t1 - t0
-            cpu = time.process_time() - cpu0
-        return {"images_per_s": n / (decode_s + infer_s), "images": n, "decode_images_per_s": n / decode_s,
-                "infer_images_per_s": n / infer_s, "cpu_ms_per_image": 1000 * cpu / n, "batch": self.batch,
-                "decode_threads": threads, "runtime": self.runtime}
 
 
 def batch1_latency(url: str, uploads: list[Upload], n: int, answer: str = "object") -> dict:
@@ -166,32 +120,6 @@ def batch1_latency(url: str, uploads: list[Upload], n: int, answer: str = "objec
         conn.close()
     return {"requests": n, "ok": len(latencies), "p50_ms": float(np.percentile(latencies, 50)) if latencies else None,
             "p95_ms": float(np.percentile(latencies, 95)) if latencies else None}
-
-
-def batch1_floor(tag: str, uploads: list[Upload], rounds: int = 3) -> dict:
-    """What one photo costs in-process, one at a time, as a worker runs it: the strict decode with the
-    version's framing, then the version's classifier at batch 1 on the service's runtime and threads.
-    p50 ms of each part and of their sum: the floor under the service's batch-1 latency on this CPU."""
-    from glasses import registry
-    from glasses.config import SERVE_RUNTIME
-    from glasses.preprocessing import framed_uint8
-    from glasses.runtimes import load_classifier
-
-    model = registry.get_model(tag)
-    size, framing = int(model.info.metadata.get("image_size", IMAGE_SIZE)), model.info.metadata.get("framing", "none")
-    classify = load_classifier(model, SERVE_RUNTIME)
-    classify.warm_up((1,))
-    decode_ms, classify_ms = [], []
-    for up in uploads * rounds:
-        t0 = time.perf_counter()
-        pixels, _ = framed_uint8(up.data, size, framing)
-        t1 = time.perf_counter()
-        classify(pixels[np.newaxis])
-        decode_ms.append(1000 * (t1 - t0))
-        classify_ms.append(1000 * (time.perf_counter() - t1))
-    total = np.add(decode_ms, classify_ms)
-    return {"p50_ms": float(np.median(total)), "decode_p50_ms": float(np.median(decode_ms)),
-            "classify_p50_ms": float(np.median(classify_ms)), "runtime": classify.runtime, "photos": len(total)}
 
 
 def adaptive_batches(url: str) -> tuple[float, float] | None:

@@ -263,14 +263,14 @@ def test_bench_floor_times_each_photo_on_the_served_runtime(tmp_path: Path) -> N
     runtime the service would choose for the version, and reports each part beside their sum."""
     import json
 
-    code = ("import json, sys; from pathlib import Path; from loadtests import bench; "
+    code = ("import json, sys; from pathlib import Path; from loadtests import bench, inprocess; "
             "from loadtests.images import generate_images, load_images; "
             "tag = bench.register_model(Path(sys.argv[1]))[0]; "
             "ups = load_images(generate_images(Path(sys.argv[2]), {'jpeg': 4, 'png': 0}) / 'jpeg'); "
             "from glasses import registry; from glasses.config import SERVE_RUNTIME; "
             "from glasses.runtimes import choose_runtime; "
             "served = choose_runtime(registry.get_model(tag), SERVE_RUNTIME); "
-            "print(json.dumps({**bench.batch1_floor(tag, ups, rounds=2), 'served': served}))")
+            "print(json.dumps({**inprocess.batch1_floor(tag, ups, rounds=2), 'served': served}))")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "bentoml"), str(tmp_path / "images")],
                          cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
