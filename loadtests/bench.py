@@ -16,7 +16,7 @@ For both servers also: batch-1 latency (sequential single requests, one at a tim
 after the saturating load (a release rule that keeps waiting after a burst shows up there), and for
 the service BentoML's mean adaptive batch size during the load (from /metrics). Beside it, the
 batch-1 floor: the same photos decoded, framed and classified in this process one at a time, as a
-worker does (its runtime and threads), which no server's batch-1 latency can beat on this CPU.
+worker does (its runtime and threads): what the service's batch-1 latency cannot go below here.
 Ratios: service/ceiling, service/peer and service/naive. The ceiling is measured before and after the servers and
 the better run counts. The load generator shares the 2 cores: its own CPU use (cores busy during the
 measured window) is measured and reported beside each figure, as is the server's, and
